@@ -1,0 +1,38 @@
+# The README's two commands are `make demo` and `make test`; both build .venv first.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cgaug-installed
+DEMO_DIR ?= demo
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: venv test test-fast test-slow demo lint bench clean
+
+venv: $(STAMP)
+
+# Idempotent: re-runs pip only when the dependency files change.
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m ruff check cgaug tests benchmarks
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+demo: venv
+	$(VENV)/bin/cgaug demo $(DEMO_DIR)
+
+lint: venv
+	$(PY) -m ruff check cgaug tests benchmarks
+
+bench: venv
+	$(PY) benchmarks/compose.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

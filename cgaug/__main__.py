@@ -1,0 +1,5 @@
+"""`python -m cgaug` runs the command line."""
+
+from cgaug.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""The shard row schema: one explicit pyarrow schema, never inferred.
+
+Metadata lives in columns (never in file names). Blob columns hold PNG bytes;
+`index.parquet` carries every other column plus the shard file name.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+VERDICT_UNFILTERED = "unfiltered"  # generated, no quality filter has run yet
+VERDICT_SKIPPED = "skipped"  # bad input or no valid composition; reasons say why, no blobs
+
+OBJECT_TYPE = pa.struct([
+    ("class_name", pa.string()),
+    ("ade_class", pa.string()),
+    ("object_id", pa.string()),
+    ("bank_source_id", pa.string()),
+    ("x0", pa.int32()),
+    ("y0", pa.int32()),
+    ("x1", pa.int32()),
+    ("y1", pa.int32()),
+    ("scale", pa.float32()),
+    ("area", pa.int64()),
+])
+
+BLOB_COLUMNS = ("image_png", "label_png", "cond_png", "ood_mask_png", "noise_mask_png")
+
+SHARD_SCHEMA = pa.schema([
+    # identity
+    ("sample_id", pa.string()),
+    ("source_id", pa.string()),
+    ("city", pa.string()),
+    ("split", pa.string()),
+    ("variant", pa.int32()),
+    ("attempt", pa.int32()),
+    ("seed", pa.int64()),
+    ("shard", pa.int32()),
+    # outcome
+    ("verdict", pa.string()),
+    ("reasons", pa.list_(pa.string())),
+    ("detail", pa.string()),
+    ("scores", pa.map_(pa.string(), pa.float64())),
+    # prompt, each attribute in its own column
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("prompt_domain", pa.bool_()),
+    ("weather", pa.string()),
+    ("time_of_day", pa.string()),
+    ("place", pa.string()),
+    ("objects_phrase", pa.string()),
+    # composition
+    ("objects", pa.list_(OBJECT_TYPE)),
+    ("num_objects", pa.int32()),
+    ("ood_area", pa.int64()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    # generator settings: everything needed to regenerate the sample
+    ("generator_model", pa.string()),
+    ("generator_controlnet", pa.string()),
+    ("generator_revision", pa.string()),
+    ("scheduler", pa.string()),
+    ("steps", pa.int32()),
+    ("guidance_scale", pa.float32()),
+    ("control_scale", pa.float32()),
+    ("eta", pa.float32()),
+    ("dtype", pa.string()),
+    ("gen_height", pa.int32()),
+    ("gen_width", pa.int32()),
+    ("config_fingerprint", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+    # blobs (PNG, lossless); null for skipped samples
+    ("image_png", pa.binary()),
+    ("label_png", pa.binary()),
+    ("cond_png", pa.binary()),
+    ("ood_mask_png", pa.binary()),
+    ("noise_mask_png", pa.binary()),
+], metadata={"cgaug.schema_version": str(SCHEMA_VERSION)})
+
+INDEX_SCHEMA = pa.schema(
+    [f for f in SHARD_SCHEMA if f.name not in BLOB_COLUMNS] + [pa.field("shard_file", pa.string())],
+    metadata={"cgaug.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def empty_row() -> dict:
+    """A row with every column present and null, to be filled by the producer."""
+    return {name: None for name in SHARD_SCHEMA.names}
