@@ -93,11 +93,12 @@ class ComposeConfig(_Strict):
     perspective: bool = False  # scale objects with their row below the horizon
     perspective_min_factor: float = Field(0.35, gt=0.0, le=1.0)  # size factor at the horizon row
     horizon_percentile: float = Field(1.0, ge=0.0, le=100.0)  # of road rows: the estimated horizon
+    contact_band: float = Field(0.05, gt=0.0, le=1.0)  # bottom fraction of an object that must touch road
     min_road_fraction: float = Field(0.0, ge=0.0, le=1.0)  # of object pixels over road (bottom edge always)
     class_balanced: bool = True  # pick a class uniformly, then an instance of it
     ood_classes: list[str] | None = None  # restrict the bank to these classes
     min_object_area_px: int = Field(100, ge=1)  # smaller pasted objects (after clipping) are retried
-    max_placement_tries: int = Field(20, ge=1)  # per object; bounded, recorded when exhausted
+    max_placement_tries: int = Field(20, ge=1)  # per object and margin level; bounded, recorded when exhausted
     min_road_pixels: int = Field(1, ge=1)  # fewer road pixels than this -> sample skipped (no_road)
 
     @field_validator("road_classes")

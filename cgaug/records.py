@@ -19,7 +19,7 @@ VOID_TRAIN_ID = 255
 """Train id of pixels that no Cityscapes evaluation class covers."""
 
 
-class SampleSkipped(Exception):  # noqa: N818 - a skip is an outcome, not an error of the program
+class SampleSkipped(Exception):
     """A sample that cannot be produced; the run records `reason` and goes on.
 
     `reason` is a short stable code (e.g. ``no_road``) that is counted in

@@ -132,7 +132,7 @@ def index_dataset(out: str, source: str, bank: str, config: CGAugConfig) -> dict
         "config": config.model_dump(mode="json"), "config_fingerprint": config.output_fingerprint(),
         "source": source, "bank": bank,
     })
-    return manifest if isinstance(manifest, dict) else manifest.__dict__
+    return manifest.to_dict()
 
 
 @task(name="plan")

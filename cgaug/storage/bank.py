@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import posixpath
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import fsspec
 import numpy as np
@@ -53,7 +54,7 @@ BANK_SCHEMA = pa.schema([
 ])
 
 _METADATA_COLUMNS = [name for name in BANK_SCHEMA.names if name != "mask_png"]
-_ROW_GROUP_SIZE = 4096
+_ROW_GROUP_SIZE = 1024  # rows per Parquet row group, and per batch held in memory while writing
 _MASK_CACHE_SIZE = 256
 
 
@@ -142,33 +143,50 @@ def _root_and_name(uri: str) -> tuple[Root, str]:
     return Root(fs=fs, path=directory or "/"), name
 
 
-def write_bank(items: Iterable[BankItem], out: str, builder: str) -> int:
+def write_bank(items: Iterable[BankItem], out: str | os.PathLike[str], builder: str) -> int:
     """Write `items` as a bank at `out` (local path or fsspec URI), atomically; returns the rows written.
 
     Masks are cropped to their tight box; empty masks are skipped. Object ids
     must be unique, since compose records them to make samples traceable.
-    Raises `EmptyBankError` (and writes nothing) when no object remains.
+    Rows are streamed in row groups, so a bank from a whole dataset never sits
+    in memory as Python objects. Raises `EmptyBankError` (and leaves no file)
+    when no object remains.
     """
+    out = os.fspath(out)
+    metadata = {VERSION_KEY: str(BANK_SCHEMA_VERSION).encode(), BUILDER_KEY: builder.encode()}
+    schema = BANK_SCHEMA.with_metadata(metadata)
+    written = 0
+
+    def stream(f: IO[bytes]) -> None:
+        nonlocal written
+        with pq.ParquetWriter(f, schema) as writer:
+            for batch in _row_batches(items):
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                written += len(batch)
+            if written == 0:
+                raise EmptyBankError(f"no objects to write to {out}: every candidate was skipped or empty")
+
+    root, name = _root_and_name(out)
+    root.write_atomic(name, stream)
+    return written
+
+
+def _row_batches(items: Iterable[BankItem]) -> Iterator[list[dict]]:
     valid_ade = frozenset(ade_classes())
-    columns: dict[str, list] = {name: [] for name in BANK_SCHEMA.names}
     seen: set[str] = set()
+    batch: list[dict] = []
     for item in items:
         if item.object_id in seen:
             raise ValueError(f"duplicate object_id {item.object_id!r}; object ids must be unique in a bank")
         seen.add(item.object_id)
         row = _row(item, valid_ade)
-        if row is None:
-            continue
-        for name, value in row.items():
-            columns[name].append(value)
-    written = len(columns["object_id"])
-    if written == 0:
-        raise EmptyBankError(f"no objects to write to {out}: every candidate was skipped or empty")
-    metadata = {VERSION_KEY: str(BANK_SCHEMA_VERSION).encode(), BUILDER_KEY: builder.encode()}
-    table = pa.Table.from_pydict(columns, schema=BANK_SCHEMA.with_metadata(metadata))
-    root, name = _root_and_name(out)
-    root.write_parquet_atomic(name, table, row_group_size=_ROW_GROUP_SIZE)
-    return written
+        if row is not None:
+            batch.append(row)
+        if len(batch) == _ROW_GROUP_SIZE:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _check_schema(path: str, schema: pa.Schema) -> None:
@@ -208,8 +226,9 @@ class ObjectBank:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod
-    def open(cls, path: str, classes: list[str] | None = None) -> ObjectBank:
+    def open(cls, path: str | os.PathLike[str], classes: list[str] | None = None) -> ObjectBank:
         """Open the bank at `path` (local path or fsspec URI), keeping only `classes` when given."""
+        path = os.fspath(path)
         fs, fs_path = fsspec.core.url_to_fs(path)
         try:
             with fs.open(fs_path, "rb") as f:
@@ -285,7 +304,8 @@ class ObjectBank:
     def _check_index(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < len(self):
-            raise IndexError(f"object index {i} out of range for object bank {self.path} ({len(self)} objects)")
+            raise IndexError(f"object index {i} out of range for object bank {self.path} "
+                             f"({len(self)} objects)")
         return i
 
 

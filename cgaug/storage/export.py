@@ -40,8 +40,8 @@ from cgaug.labels import train_id_color_lut
 from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.fs import Root, open_root
 from cgaug.storage.png import decode_png, encode_png
-from cgaug.storage.schema import VERDICT_SKIPPED, VERDICT_UNFILTERED
-from cgaug.storage.shards import VERDICT_ACCEPTED, iter_rows, read_manifest
+from cgaug.storage.schema import VERDICT_ACCEPTED, VERDICT_SKIPPED, VERDICT_UNFILTERED
+from cgaug.storage.shards import iter_rows, read_manifest
 
 OOD_COLOR = (255, 255, 255)
 EXPORT_RECORD = "cgaug_export.json"
@@ -76,7 +76,7 @@ def export_cityscapes(root: Root | str | os.PathLike[str], dest: Root | str | os
         ValueError: `verdicts` includes skipped, a row to export lacks its image
             or label, or two rows map to the same file stem.
     """
-    source = root if isinstance(root, Root) else open_root(root)
+    source = root if isinstance(root, Root) else open_root(root, create=False)
     target = dest if isinstance(dest, Root) else open_root(dest)
     wanted = [verdicts] if isinstance(verdicts, str) else list(verdicts)
     if VERDICT_SKIPPED in wanted:

@@ -103,11 +103,11 @@ class Root:
         return digest.hexdigest()
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        self._write_atomic(path, lambda f: f.write(data))
+        self.write_atomic(path, lambda f: f.write(data))
 
     def write_parquet_atomic(self, path: str, table: pa.Table, **kwargs: Any) -> None:
         """Write `table` as Parquet (`kwargs` go to `pyarrow.parquet.write_table`), atomically."""
-        self._write_atomic(path, lambda f: pq.write_table(table, f, **kwargs))
+        self.write_atomic(path, lambda f: pq.write_table(table, f, **kwargs))
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         try:
@@ -116,7 +116,7 @@ class Root:
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri(path)}: no such file") from None
 
-    def _write_atomic(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
+    def write_atomic(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
         final = self.join(path)
         directory, name = posixpath.split(final)
         tmp = posixpath.join(directory, f".{name}{TMP_MARKER}{uuid.uuid4().hex}")
@@ -145,12 +145,13 @@ class Root:
             self.fs.mv(tmp, final)
 
 
-def open_root(uri: str | os.PathLike[str]) -> Root:
+def open_root(uri: str | os.PathLike[str], *, create: bool = True) -> Root:
     """The `Root` for a local path or an fsspec URI (``memory://x``, ``s3://bucket/x``, ``file:///x``).
 
-    A local root is made absolute and created, so that later writes need no
-    directory handling; remote roots are not created (object stores have no
-    directories, and creating a bucket is not ours to do).
+    With `create`, a local root is created (readers pass False so that a
+    mistyped path is not left behind as an empty directory); it is always made
+    absolute. Remote roots are never created: object stores have no
+    directories, and creating a bucket is not ours to do.
     """
     text = os.fspath(uri)
     if not text:
@@ -158,6 +159,6 @@ def open_root(uri: str | os.PathLike[str]) -> Root:
     fs, path = fsspec.core.url_to_fs(text)
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
-        os.makedirs(path, exist_ok=True)
+        if create:
+            os.makedirs(path, exist_ok=True)
     return Root(fs=fs, path=path.rstrip("/") or "/")
-

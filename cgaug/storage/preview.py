@@ -71,7 +71,7 @@ def label_overlay(image: np.ndarray, label: np.ndarray, ood_mask: np.ndarray,
 
 
 def mask_contour(mask: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of `mask` within `width` (4-connected) steps of its outside; the image edge counts as outside."""
+    """The pixels of `mask` within `width` 4-connected steps of its outside (the image edge is outside)."""
     inner = mask.astype(bool)
     for _ in range(width):
         padded = np.pad(inner, 1, constant_values=False)

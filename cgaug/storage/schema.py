@@ -12,6 +12,10 @@ SCHEMA_VERSION = 1
 
 VERDICT_UNFILTERED = "unfiltered"  # generated, no quality filter has run yet
 VERDICT_SKIPPED = "skipped"  # bad input or no valid composition; reasons say why, no blobs
+VERDICT_ACCEPTED = "accepted"  # passed the quality filter
+VERDICT_REJECTED = "rejected"  # failed the quality filter; blobs optional, reasons say why
+COMPLETE_VERDICTS = (VERDICT_UNFILTERED, VERDICT_ACCEPTED)
+"""Verdicts whose rows must carry the image, label, conditioning map and OOD mask (others may drop them)."""
 
 OBJECT_TYPE = pa.struct([
     ("class_name", pa.string()),

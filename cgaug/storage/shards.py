@@ -13,6 +13,14 @@ manifest before rebuilding and writes the new one last, so a manifest on disk
 always describes the shards and index next to it; its presence marks the
 dataset as complete. Other files in the root (plan.parquet, config.json) are
 the caller's and are ignored here.
+
+manifest.json::
+
+    {"schema_version": 1, "created_at": "2025-01-02T03:04:05+00:00",
+     "shards": [{"name": "shards/shard-00000.parquet", "rows": 3, "sha256": "...", "bytes": 29187}],
+     "total_rows": 3, "counts": {"skipped": 1, "unfiltered": 2},
+     "index": {"name": "index.parquet", "rows": 3, "sha256": "..."},
+     ...the caller's keys: config, config_fingerprint, source, bank, generator...}
 """
 
 from __future__ import annotations
@@ -33,11 +41,11 @@ from cgaug.storage.fs import Root
 from cgaug.storage.png import decode_png
 from cgaug.storage.schema import (
     BLOB_COLUMNS,
+    COMPLETE_VERDICTS,
     INDEX_SCHEMA,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
     VERDICT_SKIPPED,
-    VERDICT_UNFILTERED,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,9 +55,6 @@ INDEX_NAME = "index.parquet"
 MANIFEST_NAME = "manifest.json"
 MAX_SHARD_ID = 99_999  # five digits keep the lexical order of shard files equal to their numeric order
 ROW_GROUP_SIZE = 16  # rows hold MBs of PNG at 1024x2048: readers decode one small row group at a time
-VERDICT_ACCEPTED = "accepted"
-COMPLETE_VERDICTS = (VERDICT_UNFILTERED, VERDICT_ACCEPTED)
-"""Verdicts whose rows must carry the image, label, conditioning map and OOD mask (others may drop them)."""
 CORE_BLOBS = ("image_png", "label_png", "cond_png", "ood_mask_png")
 META_COLUMNS = tuple(name for name in SHARD_SCHEMA.names if name not in BLOB_COLUMNS)
 _COLOR_BLOBS = ("image_png", "cond_png")
@@ -163,6 +168,10 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
     clash = sorted(set(extra) & set(_MANIFEST_KEYS))
     if clash:
         raise ValueError(f"extra_manifest keys {clash} are reserved for the manifest itself")
+    try:
+        json.dumps(extra)  # fail before anything on disk changes
+    except TypeError as error:
+        raise ValueError(f"extra_manifest must be JSON-serialisable: {error}") from None
     root.remove(MANIFEST_NAME)  # until the new one is written, the root reads as not indexed
     infos, tables = [], []
     for name in root.list(SHARDS_DIR, ".parquet"):
@@ -184,11 +193,7 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
         index={"name": INDEX_NAME, "rows": index.num_rows, "sha256": root.sha256(INDEX_NAME)},
         extra=extra,
     )
-    try:
-        text = json.dumps(manifest.to_dict(), indent=2)
-    except TypeError as error:
-        raise ValueError(f"extra_manifest must be JSON-serialisable: {error}") from None
-    root.write_bytes_atomic(MANIFEST_NAME, text.encode() + b"\n")
+    root.write_bytes_atomic(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2).encode() + b"\n")
     return manifest
 
 
@@ -201,8 +206,10 @@ def _check_rows(rows: list[dict[str, Any]], shard_id: int, name: str) -> None:
         sample_id = row.get("sample_id")
         missing, extra = sorted(expected - row.keys()), sorted(row.keys() - expected)
         if missing or extra:
-            raise ValueError(f"{name}: row {position} (sample {sample_id!r}) is missing columns {missing} "
-                             f"and has unknown columns {extra}; rows need exactly the SHARD_SCHEMA columns "
+            found = [f"{label} columns {names}" for label, names in (("missing", missing), ("unknown", extra))
+                     if names]
+            raise ValueError(f"{name}: sample {sample_id!r} (row {position}) has {' and '.join(found)}; "
+                             "rows need exactly the SHARD_SCHEMA columns "
                              "(start from cgaug.storage.schema.empty_row())")
         if not isinstance(sample_id, str) or not sample_id:
             raise ValueError(f"{name}: row {position} has sample_id {sample_id!r}, "

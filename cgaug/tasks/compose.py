@@ -14,6 +14,7 @@ with a reason instead of being pasted off-road or crashing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,18 +83,28 @@ def _scene(label_ids: np.ndarray, cfg: ComposeConfig) -> _Scene:
     return _Scene(road, rows, cols, horizon, label_ids.shape[0] / cfg.reference_height)
 
 
-def _anchor_candidates(scene: _Scene, cfg: ComposeConfig) -> np.ndarray:
-    """Indices of road pixels far enough from the border, relaxing the margin like the reference."""
+def _anchor_levels(scene: _Scene, cfg: ComposeConfig) -> Iterator[np.ndarray]:
+    """Road pixels far enough from the border, one array per margin from `margin_px` down to the floor.
+
+    The reference relaxes its margin only when no road pixel is left; here a
+    margin is also relaxed when no object fits at it, so that a narrow strip of
+    free road near the border is still used before the sample is given up.
+    """
     height, width = scene.road.shape
     rows, cols = scene.road_rows, scene.road_cols
     margin = cfg.margin_px * scene.scale
     floor = cfg.margin_min_px * scene.scale
     step = cfg.margin_step_px * scene.scale
+    previous = -1
     while True:
         inside = (rows >= margin) & (rows < height - margin) & (cols >= margin) & (cols < width - margin)
         candidates = np.flatnonzero(inside)
-        if candidates.size or margin <= floor:
-            return candidates
+        if candidates.size > previous:  # a level that adds no pixel adds no chance
+            previous = candidates.size
+            if candidates.size:
+                yield candidates
+        if margin <= floor:
+            return
         margin = max(margin - step, floor)
 
 
@@ -148,11 +159,11 @@ def _place(mask: np.ndarray, anchor_row: int, anchor_col: int, factor: float, sc
         return None
     if (occupied[y0:y1, x0:x1] & clipped).any():
         return None
-    # Contact with the ground: each column's lowest object pixel must be road.
-    has_pixel = clipped.any(axis=0)
-    lowest = clipped.shape[0] - 1 - np.argmax(clipped[::-1], axis=0)
-    cols = np.flatnonzero(has_pixel)
-    if not scene.road[y0 + lowest[cols], x0 + cols].all():
+    # Contact with the ground: the object's pixels in its bottom band (feet, wheels, base) must be road;
+    # higher pixels (a belly between legs) may cover anything, as a real object in front of it would.
+    band = max(1, round(cfg.contact_band * clipped.shape[0]))
+    feet = clipped[-band:]
+    if not scene.road[y1 - band:y1, x0:x1][feet].all():
         return None
     region = scene.road[y0:y1, x0:x1]
     if (region & clipped).sum() < cfg.min_road_fraction * clipped.sum():
@@ -219,31 +230,34 @@ def compose(label_ids: np.ndarray, bank: MaskBank, cfg: ComposeConfig, rng: np.r
     if wanted == 0:
         return Composition(cond, label, ood, ()), {}
     scene = _scene(label_ids, cfg)
-    candidates = _anchor_candidates(scene, cfg)
-    if candidates.size == 0:
-        raise SampleSkipped("no_road", "no road pixel inside the smallest margin")
     objects: list[PastedObject] = []
     failures: dict[str, int] = {}
     for _ in range(wanted):
         index = _choose_object(bank, classes, cfg, rng)
-        mask = bank.mask(index)
-        longest = max(mask.shape)
-        placement = None
-        for _attempt in range(cfg.max_placement_tries):
-            pick = candidates[rng.integers(candidates.size)]
-            row, col = int(scene.road_rows[pick]), int(scene.road_cols[pick])
-            factor = _target_longest_side(longest, row, scene, cfg, rng) / longest
-            placement = _place(mask, row, col, factor, scene, ood, cfg)
-            if placement is not None:
-                break
+        placement = _find_placement(bank.mask(index), scene, ood, cfg, rng)
         if placement is None:
             failures["placement_failed"] = failures.get("placement_failed", 0) + 1
             continue
         objects.append(_paint(placement, bank.entry(index), cond, label, ood))
     if not objects:
-        raise SampleSkipped("no_placement", f"none of {wanted} object(s) fitted on the road in "
-                                            f"{cfg.max_placement_tries} tries each")
+        raise SampleSkipped("no_placement", f"none of {wanted} object(s) fitted on free road in "
+                                            f"{cfg.max_placement_tries} tries per margin level")
     return Composition(cond, label, ood, tuple(objects)), failures
+
+
+def _find_placement(mask: np.ndarray, scene: _Scene, occupied: np.ndarray, cfg: ComposeConfig,
+                    rng: np.random.Generator) -> _Placement | None:
+    """Up to `max_placement_tries` random anchors per margin level; None when nothing fits."""
+    longest = max(mask.shape)
+    for candidates in _anchor_levels(scene, cfg):
+        for _attempt in range(cfg.max_placement_tries):
+            pick = candidates[rng.integers(candidates.size)]
+            row, col = int(scene.road_rows[pick]), int(scene.road_cols[pick])
+            factor = _target_longest_side(longest, row, scene, cfg, rng) / longest
+            placement = _place(mask, row, col, factor, scene, occupied, cfg)
+            if placement is not None:
+                return placement
+    return None
 
 
 def _paint(placement: _Placement, entry, cond: np.ndarray, label: np.ndarray, ood: np.ndarray) -> PastedObject:

@@ -65,9 +65,9 @@ def test_shards_open_with_pandas_and_duckdb(generated):
     out, _ = generated
     frame = pd.read_parquet(out / "shards")
     assert len(frame) == 12
-    count = duckdb.sql(f"select count(*) from read_parquet('{out}/shards/*.parquet')").fetchone()[0]
+    count = duckdb.sql(f"select count(*) from read_parquet('{out}/shards/*.parquet')").fetchall()[0][0]
     assert count == 12
-    weathers = duckdb.sql(f"select count(*) from '{out}/index.parquet' where prompt_domain").fetchone()[0]
+    weathers = duckdb.sql(f"select count(*) from '{out}/index.parquet' where prompt_domain").fetchall()[0][0]
     assert weathers == int(frame["prompt_domain"].sum())
 
 
@@ -123,7 +123,7 @@ def test_more_variants_extend_without_touching_existing(generated, dataset, tmp_
     assert summary["shards_written"] == 2  # 6 new samples -> shards 3 and 4
     assert {p.name: p.read_bytes() for p in _shards(copy) if p.name in before} == before
     assert pq.read_table(copy / "index.parquet").num_rows == 18
-    with pytest.raises(PlanMismatch, match="run.seed"):
+    with pytest.raises(PlanMismatch, match=r"run\.seed"):
         run(dataset, copy, tiny_config(seed=9))
 
 

@@ -74,7 +74,7 @@ def test_scale_follows_reference_clamp_at_label_resolution():
     comp, _ = compose(street(256, 512), small, ComposeConfig(), np.random.default_rng(1))
     (obj,) = comp.objects
     assert obj.scale == pytest.approx(0.5)
-    x0, y0, x1, y1 = obj.box
+    _, y0, _, y1 = obj.box
     assert y1 - y0 == 50
 
 

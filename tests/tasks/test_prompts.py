@@ -67,4 +67,5 @@ def test_yaml_overrides(tmp_path):
 
 def test_same_seed_same_prompt():
     cfg = PromptConfig()
-    assert sample_prompt(["dog"], cfg, np.random.default_rng(9)) == sample_prompt(["dog"], cfg, np.random.default_rng(9))
+    first = sample_prompt(["dog"], cfg, np.random.default_rng(9))
+    assert first == sample_prompt(["dog"], cfg, np.random.default_rng(9))
