@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -105,9 +106,12 @@ def demo(
         console.print("[red]verification failed:[/red]\n" + "\n".join(problems))
         raise typer.Exit(1)
     typer.echo(json.dumps(summary, indent=2))
+    sample = open_root(str(out)).read_parquet("index.parquet", columns=["sample_id"])["sample_id"][0]
+    command = sys.argv[0] if sys.argv[0].endswith("cgaug") else "cgaug"
     typer.echo(f"demo dataset ready and verified: {out.resolve()}\n"
-               f"  look at a sample: cgaug shards show {out} --sample <id> --out sample.png\n"
-               f"  summary:          cgaug shards stats {out}")
+               f"  look at a sample: {command} shards show {out} --sample {sample} --out sample.png\n"
+               f"  summary:          {command} shards stats {out}\n"
+               f"  classic layout:   {command} export cityscapes {out} {dest / 'export'}")
 
 
 def main() -> None:

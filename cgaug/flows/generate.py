@@ -37,7 +37,7 @@ def load_plan(out: Root) -> list[PlanEntry]:
     return plan_from_table(out.read_parquet(PLAN_FILE)) if out.exists(PLAN_FILE) else []
 
 
-def _check_config(out: Root, config: CGAugConfig, source: str, bank: str) -> None:
+def _check_config(out: Root, config: CGAugConfig) -> None:
     """Refuse to extend an output made with different content settings: its samples would disagree."""
     if not out.exists(CONFIG_FILE):
         return
@@ -57,7 +57,7 @@ def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> list[Plan
     from cgaug.storage.cityscapes import list_sources
 
     root = open_root(out)
-    _check_config(root, config, source, bank)
+    _check_config(root, config)
     sources = [
         record.__class__(record.source_id, record.city, record.split, _relative(source, record.image_path),
                          _relative(source, record.label_path))
@@ -67,9 +67,10 @@ def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> list[Plan
     plan = extend_plan(existing, sources, config.run)
     if len(plan) != len(existing) or not root.exists(PLAN_FILE):
         root.write_parquet_atomic(PLAN_FILE, plan_to_table(plan))
-    record = {"config_fingerprint": config.output_fingerprint(), "config": config.model_dump(mode="json"),
-              "source": source, "bank": bank}
-    root.write_bytes_atomic(CONFIG_FILE, json.dumps(record, indent=2).encode())
+    if not root.exists(CONFIG_FILE):  # the settings the plan's samples are made with, recorded once
+        record = {"config_fingerprint": config.output_fingerprint(), "config": config.model_dump(mode="json"),
+                  "source": source, "bank": bank}
+        root.write_bytes_atomic(CONFIG_FILE, json.dumps(record, indent=2).encode())
     return plan
 
 

@@ -23,12 +23,9 @@ PALETTE = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60],
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _fixed_threads():
-    """Float results depend on the thread count at ~1e-6; equality checks need one count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_pipeline_cache():
+    """Pipelines cached by this module's tests must not leak into other modules."""
     yield
-    torch.set_num_threads(before)
     gen.clear_pipeline_cache()
 
 

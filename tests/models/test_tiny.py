@@ -16,15 +16,6 @@ pytest.importorskip("diffusers")
 from cgaug.models import tiny  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fixed_threads():
-    """Float results depend on the thread count at ~1e-6; bit-identity checks need one count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return tiny.build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from cgaug.storage.fs import TMP_MARKER, Root, open_root
-
-
-@pytest.fixture
-def memory_uri():
-    """A fresh memory:// root, removed afterwards (the memory filesystem is process-global)."""
-    name = f"cgaug-test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
-
-
-@pytest.fixture(params=["local", "memory"])
-def root(request, tmp_path, memory_uri) -> Root:
-    return open_root(tmp_path / "out" if request.param == "local" else memory_uri)
 
 
 def all_names(root: Root, prefix: str = "") -> list[str]:

@@ -7,11 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 import zlib
 from datetime import UTC, datetime
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,20 +108,6 @@ def build_dataset(root: Root) -> dict[int, list[dict]]:
         write_shard(root, shard_id, shard_rows)
     write_index(root, {"config_fingerprint": "f00d", "config": {"variants": 2}})
     return rows
-
-
-@pytest.fixture
-def memory_uri():
-    name = f"cgaug-test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
-
-
-@pytest.fixture(params=["local", "memory"])
-def root(request, tmp_path, memory_uri) -> Root:
-    return open_root(tmp_path / "out" if request.param == "local" else memory_uri)
 
 
 def entries(root: Root, prefix: str) -> list[str]:
