@@ -136,7 +136,9 @@ class GeneratorConfig(_Strict):
 
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, local dir, or "tiny"
     controlnet: str | None = "lllyasviel/sd-controlnet-seg"  # None: `model` is a full ControlNet pipeline
-    revision: str | None = None
+    revision: str | None = None  # of `model`
+    controlnet_revision: str | None = None
+    variant: str | None = None  # weight files of `model` only, e.g. "fp16" (half the download)
     local_files_only: bool = False
     scheduler: SchedulerName = "unipc"
     steps: int = Field(20, ge=1)
@@ -148,11 +150,101 @@ class GeneratorConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     dtype: DtypeName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"
+    # speed only: pixels change at float-rounding level at most (see cgaug.models.generator)
+    channels_last: bool = True  # NHWC UNet/ControlNet weights: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile UNet and ControlNet; minutes of warm-up, pads the last batch
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = "default"
+    # optional second condition from the source photo (MultiControlNet), beyond the reference
+    photo_control: Literal["none", "canny", "lineart"] = "none"
+    photo_controlnet: str | None = None  # None: the usual SD1.5 ControlNet for it ("tiny": offline)
+    photo_controlnet_revision: str | None = None
+    photo_control_scale: float = 0.5
+    canny_thresholds: tuple[int, int] = (100, 200)  # low, high hysteresis thresholds of the Canny detector
+
+    @field_validator("canny_thresholds")
+    @classmethod
+    def _canny_order(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"expected 0 <= low <= high, found {value}")
+        return value
 
 
 TINY_GENERATOR = {"controlnet": None, "local_files_only": True, "steps": 2, "short_side": 64,
                   "batch_size": 4}
 """Settings the tiny offline generator uses unless a field is set explicitly."""
+
+
+FilterMode = Literal["none", "tiny", "default"]
+
+
+class FilterConfig(_Strict):
+    """Automatic quality filtering (method step 5): gates, thresholds, labels, regeneration, models.
+
+    A gate passes when its score reaches its threshold (the object gate: exceeds it, as in the
+    reference). Thresholds are in each model's own units (SAM IoU and mIoU in [0, 1], CLIP cosine
+    similarities, the segmenter's free energy): `cgaug filter calibrate OUT` suggests values from
+    the scores of a run. A model loads only when a gate that needs it is on.
+    """
+
+    mode: FilterMode = "none"  # none: no filtering (verdict unfiltered); tiny: random-weight test models
+    # gates
+    object_gate: bool = True  # SAM prompted with each pasted object's box; IoU with the pasted mask
+    anomaly_gate: bool = True  # mean anomaly score inside the SAM mask (pasted mask without SAM)
+    clip_text_gate: bool = True  # CLIP cosine similarity of the whole image and its prompt
+    clip_object_gate: bool = True  # crop closer to "a photo of a {ood class}" than to any Cityscapes class
+    consistency_gate: bool = True  # segmenter agrees with the label on in-distribution pixels (mIoU)
+    # thresholds; None: the score is computed and recorded but never rejects (until calibrated)
+    sam_iou_threshold: float | None = Field(0.7, ge=0.0, le=1.0)  # pass: IoU > threshold (reference)
+    # pass: mean energy >= threshold. None by default: the reference's -3.02 is in Mask2Anomaly's units,
+    # not the energy of the segmenter used here; calibrate it on a run first.
+    anomaly_threshold: float | None = None
+    clip_text_threshold: float | None = Field(0.2, ge=-1.0, le=1.0)  # pass: cosine >= threshold
+    clip_object_threshold: float | None = Field(0.0, ge=-2.0, le=2.0)  # cos(ood) - max cos(cityscapes)
+    # pass: mIoU >= threshold. None by default: a Cityscapes segmenter disagrees most on the strongest
+    # weather / night shifts, the samples CG-Aug wants; its disagreement still becomes the noise mask.
+    consistency_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # labels of accepted samples
+    ood_region: Literal["sam", "intersection"] = "sam"  # sam: the SAM masks (reference); or SAM ∩ pasted
+    keep_unconfirmed_as: Literal["void", "original"] = "void"  # pasted pixels SAM did not confirm
+    # regeneration
+    max_attempts: int = Field(3, ge=1)  # generations per composition, each with a new derived seed
+    recompose_after_last_failure: bool = False  # then one new composition gets max_attempts more
+    # models: hub id, local directory (or file for clip_pretrained), or "tiny"
+    sam_model: str = "facebook/sam-vit-huge"  # facebook/sam-vit-base is faster
+    segmenter_model: str = "nvidia/segformer-b5-finetuned-cityscapes-1024-1024"
+    anomaly_model: str | None = None  # None: the segmenter's own energy (one forward pass for both gates)
+    clip_model: str = "ViT-B-16"  # open_clip architecture name, local directory, or "tiny"
+    clip_pretrained: str | None = "laion2b_s34b_b88k"  # open_clip tag or weights file
+    clip_class_template: str = "a photo of a {}."
+    clip_crop_context: float = Field(1.25, ge=1.0)  # object crop side = longest box side x this
+    segmenter_short_side: int | None = Field(1024, ge=32)  # None: the processor's own size
+    local_files_only: bool = False
+    batch_size: int = Field(8, ge=1)
+    dtype: DtypeName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _tiny_defaults(self) -> FilterConfig:
+        """`mode: tiny` takes the tiny models and their thresholds for every field not set explicitly."""
+        if self.mode != "tiny":
+            return self
+        unset = {k: v for k, v in TINY_FILTERS.items() if k not in self.model_fields_set}
+        for key, value in unset.items():
+            object.__setattr__(self, key, value)
+        self.model_fields_set.update(unset)
+        return self
+
+
+TINY_FILTERS: dict[str, Any] = {
+    "sam_model": "tiny", "segmenter_model": "tiny", "clip_model": "tiny", "clip_pretrained": None,
+    "local_files_only": True, "segmenter_short_side": None, "batch_size": 4,
+    # Random weights give arbitrary scores; these pass roughly half of the tiny generator's images per
+    # attempt (measured with `cgaug filter calibrate`), so runs exercise acceptance and regeneration.
+    "sam_iou_threshold": 0.005, "anomaly_threshold": -3.0, "clip_text_threshold": 0.0,
+    "clip_object_threshold": -0.11, "consistency_threshold": 0.0005,
+}
+"""Settings `filters.mode: tiny` uses unless a field is set explicitly."""
 
 
 class RunConfig(_Strict):
@@ -169,6 +261,7 @@ class CGAugConfig(_Strict):
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
 
     @model_validator(mode="after")
     def _tiny_defaults(self) -> CGAugConfig:
@@ -186,8 +279,15 @@ class CGAugConfig(_Strict):
         """A hash of every setting that changes a sample's content (not batch size, device or sharding)."""
         data = self.model_dump(mode="json")
         data["run"] = {"seed": data["run"]["seed"], "split": data["run"]["split"]}
-        for volatile in ("batch_size", "device"):
+        # Speed settings change pixels at rounding level only, so they may differ between runs of one output.
+        for volatile in ("batch_size", "device", "channels_last", "compile", "compile_mode"):
             data["generator"].pop(volatile)
+        # Filtering decides verdicts, labels and which seed's image is kept; off, its settings change nothing.
+        if data["filters"]["mode"] == "none":
+            data.pop("filters")
+        else:
+            for volatile in ("batch_size", "device"):
+                data["filters"].pop(volatile)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -16,11 +16,13 @@ import typer
 from rich.console import Console
 
 from cgaug.cli.bank import app as bank_app
+from cgaug.cli.eval import eval_command
+from cgaug.cli.filter import app as filter_app
 from cgaug.cli.fixtures import fixtures_command
 from cgaug.cli.models import app as models_app
 from cgaug.cli.shards import app as shards_app
 from cgaug.cli.shards import export_app
-from cgaug.config import ConfigError, load_config
+from cgaug.config import ConfigError, FilterMode, load_config
 
 app = typer.Typer(help="CG-Aug: coherent generative augmentation of Cityscapes-format datasets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -30,6 +32,8 @@ app.add_typer(bank_app, name="bank", help="Build and inspect object banks (OOD m
 app.add_typer(shards_app, name="shards", help="Inspect and verify a generated dataset.")
 app.add_typer(export_app, name="export", help="Export a generated dataset to other layouts.")
 app.add_typer(models_app, name="models", help="Create and inspect generator models.")
+app.add_typer(filter_app, name="filter", help="Tune and inspect the automatic quality filter.")
+app.command("eval", help="Evaluate a segmenter on the anomaly and domain-shift benchmarks.")(eval_command)
 
 console = Console(stderr=True)
 
@@ -58,17 +62,21 @@ def generate(
     limit: Annotated[int | None, typer.Option(help="Use only the first N source images (by id).")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed; every sample's seed derives from it.")] = None,
     split: Annotated[str | None, typer.Option(help="Source split to read [default: train].")] = None,
+    filters: Annotated[FilterMode | None, typer.Option(
+        "--filters", help="Quality filter: none, tiny (offline random-weight test models) or default "
+                          "(SAM, segmenter and CLIP checkpoints) [default: none].")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", exists=True, dir_okay=False, help="YAML configuration file.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Run the `cgaug` flow locally: plan, compose, prompt, generate, write shards, index."""
+    """Run the `cgaug` flow locally: plan, compose, prompt, generate, [filter,] write shards, index."""
     from cgaug.flows.generate import cgaug
 
     try:
         cfg = load_config(config, overrides={
             "run": {"variants": variants, "shard_size": shard_size, "limit": limit, "seed": seed, "split": split},
             "generator": _generator_overrides(generator),
+            "filters": {"mode": filters},
         })
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")

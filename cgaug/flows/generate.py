@@ -88,13 +88,23 @@ def _generator(config: CGAugConfig):
     gen_cfg = config.generator
     pipe = load_pipeline(gen_cfg)
 
-    def run(cond_maps, prompts, negatives, seeds):
-        return generate(pipe, gen_cfg, cond_maps, prompts, negatives, seeds)
+    def run(cond_maps, prompts, negatives, seeds, **photo_inputs):
+        return generate(pipe, gen_cfg, cond_maps, prompts, negatives, seeds, **photo_inputs)
 
     def settings(height: int, width: int) -> dict[str, Any]:
         return generator_settings(gen_cfg, generation_size(height, width, gen_cfg))
 
     return run, settings
+
+
+def _judge(config: CGAugConfig):
+    """The quality filter for `run_shard` over the per-process cached filter models; None when off."""
+    if config.filters.mode == "none":
+        return None
+    from cgaug.models.filters import load_filter_models
+    from cgaug.tasks.filter import make_judge
+
+    return make_judge(load_filter_models(config.filters), config.filters)
 
 
 def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int) -> dict[str, Any]:
@@ -112,7 +122,8 @@ def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_
     object_bank = _bank(bank, tuple(config.compose.ood_classes) if config.compose.ood_classes else None)
     classes = usable_classes(object_bank, config.compose)
     run, settings = _generator(config)
-    rows, stats = run_shard(entries, source, object_bank, classes, config, run, settings)
+    rows, stats = run_shard(entries, source, object_bank, classes, config, run, settings,
+                            judge=_judge(config))
     info = write_shard(root, shard_id, rows)
     return {"shard": shard_id, "written": True, "rows": info.rows, "sha256": info.sha256,
             "stats": stats.counts}

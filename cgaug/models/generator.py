@@ -5,14 +5,45 @@ and settings only, not on which other samples share its batch (up to float round
 The generators live on the CPU: diffusers then draws the initial noise on the CPU and
 moves it to the device, so a stored seed regenerates the same starting noise on any
 machine, GPU or not.
+
+Speed (GPU): bf16 weights (`dtype: auto`), PyTorch's fused scaled-dot-product attention
+(diffusers' default processor; nothing here replaces it), channels-last UNet and
+ControlNet weights, VAE slicing (one image decoded at a time, which bounds the memory
+peak of big batches), optionally `torch.compile` of both UNet and ControlNet (diffusers
+marks CUDA-graph steps only when both are compiled) with static shapes. No CPU offload:
+it moves weights every step and makes batches crawl. On CUDA out-of-memory the batch is
+halved and generation goes on; the halving is logged, counted in a `GenerationReport` and
+remembered for the pipeline, so later calls start at the size that fitted.
+
+Reproducibility. A sample is determined by its seed, prompt, negative prompt,
+conditioning map (and photo, with the second condition) and the settings stored in its
+shard row (`generator_settings`). What that buys:
+- CPU (fp32): two runs are bit-identical at the same torch thread count; a sample
+  generated in a batch equals the sample generated alone to ~1e-6 (float summation
+  order), which flips an occasional uint8 level and nothing more.
+- GPU: the starting noise is identical everywhere (CPU generators). The denoising is
+  not bit-stable across batch shapes: cuBLAS/cuDNN choose kernels per shape (diffusers
+  issue #2659), so a sample generated in a batch of 8 and alone differ slightly (bf16
+  rounding, not visible). To keep shapes fixed, on CUDA (and whenever compiled) the last
+  partial batch is padded with copies of its last sample, whose outputs are dropped:
+  every sample is computed at the configured batch size. Regenerating a sample on the same
+  GPU model with the same software, settings and batch size is expected to repeat it
+  bit for bit; across GPU models, library versions, compile or channels-last on/off, or
+  after an out-of-memory halving, results agree statistically, not bitwise.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 import re
 import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +56,39 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionControlNetPipeline
 
+log = logging.getLogger(__name__)
+
 TINY_MODEL = "tiny"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"; anything else is a path
 
+DEFAULT_PHOTO_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny",
+                             "lineart": "lllyasviel/control_v11p_sd15_lineart"}
+
 _lock = threading.Lock()
-_loaded: dict[tuple, Any] = {}  # (model, controlnet, revision, dtype, device) -> base pipeline
+_loaded: dict[tuple, Any] = {}  # see _cache_key -> base pipeline
 _scheduled: dict[tuple, Any] = {}  # the same key + scheduler name -> pipeline sharing the base's modules
+_batch_limits: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], int]] = weakref.WeakKeyDictionary()
+"""Per pipeline and generation size: the batch size that fitted after an out-of-memory halving."""
 
 
 class ModelNotFound(LookupError):
     """A generator model (pipeline or ControlNet) that is neither a local directory nor in the HF cache."""
+
+
+@dataclass
+class GenerationReport:
+    """What a generate call did, for logs and benchmarks; pass one in to have it filled."""
+
+    samples: int = 0  # real samples generated
+    batches: int = 0  # pipeline calls that succeeded
+    padded: int = 0  # dummy samples run to keep the batch shape fixed (outputs dropped)
+    oom_halvings: int = 0  # times the batch was halved after CUDA out-of-memory
+    batch_size: int = 0  # the batch size in use at the end
+    seconds: float = 0.0  # wall time of the pipeline calls
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------- device and dtype
@@ -76,16 +130,18 @@ def resolve_dtype(cfg: GeneratorConfig) -> torch.dtype:
 def load_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetPipeline:
     """The pipeline for `cfg`, loaded once per process and reused.
 
-    Weights are cached per (model, controlnet, revision, dtype, device); each scheduler gets
-    its own pipeline object sharing those weights, so switching schedulers never reloads and
-    never changes the scheduler under another caller's feet.
+    Weights are cached per (models, revisions, variant, dtype, device, speed settings); each
+    scheduler gets its own pipeline object sharing those weights, so switching schedulers
+    never reloads and never changes the scheduler under another caller's feet. With
+    `photo_control` set, the pipeline holds a MultiControlNet: the seg ControlNet first,
+    the photo ControlNet second.
 
     Raises:
-        ModelNotFound: the model or ControlNet is neither a local directory nor available
-            from the Hugging Face cache (or hub, when online).
+        ModelNotFound: a model or ControlNet is neither a local directory nor available from
+            the Hugging Face cache (or hub, when online), or lacks the requested weight variant.
     """
     model = _model_ref(cfg)
-    key = (model, cfg.controlnet, cfg.revision, resolve_dtype_name(cfg), resolve_device(cfg))
+    key = _cache_key(cfg, model)
     with _lock:
         if key not in _loaded:
             from cgaug.models.tiny import quiet_progress_bars
@@ -93,7 +149,7 @@ def load_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetPipeline:
             with quiet_progress_bars():
                 _loaded[key] = _load_base(cfg, model)
         if (*key, cfg.scheduler) not in _scheduled:
-            _scheduled[(*key, cfg.scheduler)] = _with_scheduler(_loaded[key], cfg.scheduler)
+            _scheduled[(*key, cfg.scheduler)] = with_scheduler(_loaded[key], cfg.scheduler)
         return _scheduled[(*key, cfg.scheduler)]
 
 
@@ -104,12 +160,36 @@ def clear_pipeline_cache() -> None:
         _scheduled.clear()
 
 
+def _cache_key(cfg: GeneratorConfig, model: str) -> tuple:
+    return (model, cfg.controlnet, cfg.revision, cfg.controlnet_revision, cfg.variant, _photo_ref(cfg),
+            cfg.photo_controlnet_revision, resolve_dtype_name(cfg), resolve_device(cfg), cfg.channels_last,
+            cfg.compile, cfg.compile_mode)
+
+
 def _model_ref(cfg: GeneratorConfig) -> str:
     if cfg.model == TINY_MODEL:
         from cgaug.models.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model())
     return cfg.model
+
+
+def photo_controlnet_name(cfg: GeneratorConfig) -> str | None:
+    """The photo ControlNet as configured (None without a photo condition); "tiny" with the tiny model."""
+    if cfg.photo_control == "none":
+        return None
+    if cfg.photo_controlnet is not None:
+        return cfg.photo_controlnet
+    return TINY_MODEL if cfg.model == TINY_MODEL else DEFAULT_PHOTO_CONTROLNETS[cfg.photo_control]
+
+
+def _photo_ref(cfg: GeneratorConfig) -> str | None:
+    name = photo_controlnet_name(cfg)
+    if name == TINY_MODEL:
+        from cgaug.models.tiny import ensure_tiny_photo_controlnet
+
+        return str(ensure_tiny_photo_controlnet())
+    return name
 
 
 def _load_base(cfg: GeneratorConfig, model: str) -> StableDiffusionControlNetPipeline:
@@ -120,22 +200,61 @@ def _load_base(cfg: GeneratorConfig, model: str) -> StableDiffusionControlNetPip
     is_local = _locate(model, "generator.model", "model_index.json", "pipeline")
     extra: dict[str, Any] = {}
     if cfg.controlnet is not None:
-        extra["controlnet"] = _load_controlnet(cfg.controlnet, common)
+        extra["controlnet"] = _load_controlnet(cfg.controlnet, "generator.controlnet",
+                                               cfg.controlnet_revision, common)
     pipe = _from_pretrained(
         StableDiffusionControlNetPipeline, model, "generator.model", is_local,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False, variant=cfg.variant,
         revision=None if is_local else cfg.revision, **extra, **common,
     )
-    pipe = pipe.to(resolve_device(cfg))
+    photo = _photo_ref(cfg)
+    if photo is not None:
+        pipe = with_controlnets(pipe, [pipe.controlnet, _load_controlnet(
+            photo, "generator.photo_controlnet", cfg.photo_controlnet_revision, common)])
+    return optimize_pipeline(pipe.to(resolve_device(cfg)), cfg)
+
+
+def with_controlnets(pipe: StableDiffusionControlNetPipeline, controlnets: list[Any]
+                     ) -> StableDiffusionControlNetPipeline:
+    """The same pipeline with a MultiControlNet of `controlnets` (conditions in that order)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    components = {**pipe.components, "controlnet": controlnets}
+    return StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+
+
+def optimize_pipeline(pipe: StableDiffusionControlNetPipeline, cfg: GeneratorConfig, *,
+                      compile_backend: str = "inductor") -> StableDiffusionControlNetPipeline:
+    """Apply the speed settings of `cfg` to a pipeline already on its device (in place; returned).
+
+    `compile_backend` exists for tests and the CPU smoke benchmark: "eager" traces the
+    UNet and ControlNet with dynamo (so graph breaks under fullgraph=True still fail)
+    without inductor's minutes of code generation.
+    """
+    import torch
+    from diffusers.utils.torch_utils import is_compiled_module
+
     pipe.vae.enable_slicing()  # decode one image at a time: nearly free, bounds peak memory at big batches
+    pipe.set_progress_bar_config(disable=True)
+    if cfg.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.controlnet.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        options: dict[str, Any] = {"mode": cfg.compile_mode} if compile_backend == "inductor" else {}
+        for name in ("unet", "controlnet"):  # both: diffusers marks CUDA-graph steps only then
+            module = getattr(pipe, name)
+            if not is_compiled_module(module):
+                setattr(pipe, name, torch.compile(module, backend=compile_backend, fullgraph=True,
+                                                  dynamic=False, **options))
     return pipe
 
 
-def _load_controlnet(name: str, common: dict[str, Any]) -> Any:
+def _load_controlnet(name: str, field: str, revision: str | None, common: dict[str, Any]) -> Any:
     from diffusers import ControlNetModel
 
-    is_local = _locate(name, "generator.controlnet", "config.json", "ControlNet")
-    return _from_pretrained(ControlNetModel, name, "generator.controlnet", is_local, **common)
+    is_local = _locate(name, field, "config.json", "ControlNet")
+    return _from_pretrained(ControlNetModel, name, field, is_local, revision=None if is_local else revision,
+                            **common)
 
 
 def _locate(name: str, field: str, marker: str, what: str) -> bool:
@@ -153,24 +272,32 @@ def _locate(name: str, field: str, marker: str, what: str) -> bool:
 
 def _from_pretrained(cls: Any, name: str, field: str, is_local: bool, **kwargs: Any) -> Any:
     path = str(Path(name).expanduser()) if is_local else name
-    if is_local:
-        return cls.from_pretrained(path, **kwargs)
+    variant = kwargs.get("variant")
     try:
         return cls.from_pretrained(path, **kwargs)
+    except ValueError as exc:  # diffusers: "You are trying to load the model files of the `variant=...`"
+        if variant is None or "variant" not in str(exc):
+            raise
+        reason = f"it has no weight files of variant {variant!r} ({' '.join(str(exc).split())})"
+        raise ModelNotFound(_not_found_message(name, field, reason, variant)) from exc
     except OSError as exc:  # hub misses: LocalEntryNotFoundError, "does not appear to have a file named ..."
+        if is_local:
+            raise
         reason = f"not in the Hugging Face cache and not downloadable ({' '.join(str(exc).split())})"
-        raise ModelNotFound(_not_found_message(name, field, reason)) from exc
+        raise ModelNotFound(_not_found_message(name, field, reason, variant)) from exc
 
 
-def _not_found_message(name: str, field: str, reason: str) -> str:
+def _not_found_message(name: str, field: str, reason: str, variant: str | None = None) -> str:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     offline = " HF_HUB_OFFLINE is set, so nothing is downloaded." if os.environ.get("HF_HUB_OFFLINE") else ""
+    variant_hint = (f" (with generator.variant {variant!r}: its *.{variant}.* weight files, or unset "
+                    f"generator.variant to use the default ones)") if variant else ""
     return (
         f"{field} {name!r} was not found: {reason}.{offline} To provide it, either download "
-        f"{name!r} into the Hugging Face cache (HF_HOME, here {hf_home}) on a machine with network access "
-        f"(e.g. `hf download {name}`) and copy the cache over, or set the config key `{field}` "
-        f"to a local directory saved with diffusers' save_pretrained. (`generator.model: tiny` needs "
-        f"no download.)"
+        f"{name!r}{variant_hint} into the Hugging Face cache (HF_HOME, here {hf_home}) on a machine with "
+        f"network access (e.g. `hf download {name}`) and copy the cache over, or set the config key "
+        f"`{field}` to a local directory saved with diffusers' save_pretrained. "
+        f"(`generator.model: tiny` needs no download.)"
     )
 
 
@@ -187,7 +314,8 @@ def _has_accelerate() -> bool:
     return importlib.util.find_spec("accelerate") is not None
 
 
-def _with_scheduler(base: StableDiffusionControlNetPipeline, name: str) -> StableDiffusionControlNetPipeline:
+def with_scheduler(base: StableDiffusionControlNetPipeline, name: str) -> StableDiffusionControlNetPipeline:
+    """A pipeline sharing `base`'s modules, with the scheduler `name` (see `make_scheduler`)."""
     from diffusers import StableDiffusionControlNetPipeline
 
     components = {**base.components, "scheduler": make_scheduler(name, base.scheduler.config)}
@@ -248,14 +376,21 @@ def generate(
     prompts: list[str],
     negatives: list[str],
     seeds: list[int],
+    *,
+    photos: list[np.ndarray] | None = None,
+    photo_masks: list[np.ndarray | None] | None = None,
+    report: GenerationReport | None = None,
+    pad: bool | None = None,
 ) -> list[np.ndarray]:
     """Images (uint8, H x W x 3, the conditioning maps' size), one per conditioning map.
 
     Runs in chunks of `cfg.batch_size`; each sample has its own generator seeded with its seed.
-    All conditioning maps of one call must have the same size.
+    All conditioning maps of one call must have the same size. Keyword arguments: see
+    `generate_float`.
     """
     height, width = _check_inputs(cond_maps, prompts, negatives, seeds)
-    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds)
+    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, photos=photos,
+                         photo_masks=photo_masks, report=report, pad=pad)
     return [resize_photo(to_uint8(image), height, width) for image in raw]
 
 
@@ -266,33 +401,174 @@ def generate_float(
     prompts: list[str],
     negatives: list[str],
     seeds: list[int],
+    *,
+    photos: list[np.ndarray] | None = None,
+    photo_masks: list[np.ndarray | None] | None = None,
+    report: GenerationReport | None = None,
+    pad: bool | None = None,
 ) -> np.ndarray:
     """The pipeline's own output, (N, gen_h, gen_w, 3) floats in [0, 1] at the generation size.
 
     Kept separate from `generate` so batch-independence can be checked before uint8 rounding,
     which turns a 1e-7 difference into a whole grey level now and then.
+
+    Args:
+        photos: with `cfg.photo_control` set, the source photo of each sample ((H, W, 3) uint8,
+            the conditioning maps' size), from which the second condition is computed.
+        photo_masks: optional, per sample: nonzero where objects were pasted; the photo
+            condition is blanked there (the photo shows what was there before the paste).
+        report: filled with what the call did (batches, padding, out-of-memory halvings, time).
+        pad: pad the last partial batch to the full batch size (outputs of the padding are
+            dropped). Default: on CUDA and when compiled, so that shapes never change.
+
+    Raises:
+        ValueError: inconsistent inputs, or photos missing/unexpected for `cfg.photo_control`.
     """
     import torch
 
     height, width = _check_inputs(cond_maps, prompts, negatives, seeds)
+    _check_photos(pipe, cfg, photos, photo_masks, len(cond_maps), (height, width))
+    report = report if report is not None else GenerationReport()
     if not cond_maps:
         return np.zeros((0, 0, 0, 3), np.float32)
     gen_h, gen_w = generation_size(height, width, cfg)
-    control = np.stack([resize_nearest(m, gen_h, gen_w) for m in cond_maps])
-    control_t = torch.from_numpy(control).permute(0, 3, 1, 2).float().div_(255.0)  # NCHW in [0, 1]
+    images = [_to_tensor([resize_nearest(m, gen_h, gen_w) for m in cond_maps])]
+    if photos is not None:
+        images.append(_to_tensor(_photo_conditions(cfg, photos, photo_masks, gen_h, gen_w)))
+    scale: float | list[float] = cfg.control_scale if len(images) == 1 else [cfg.control_scale,
+                                                                              cfg.photo_control_scale]
     extra = {"eta": cfg.eta} if cfg.scheduler == "ddim" else {}
-    chunks: list[np.ndarray] = []
+
+    def run(index: list[int]) -> np.ndarray:
+        result = pipe(
+            prompt=[prompts[i] for i in index], negative_prompt=[negatives[i] for i in index],
+            image=images[0][index] if len(images) == 1 else [image[index] for image in images],
+            height=gen_h, width=gen_w, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+            controlnet_conditioning_scale=scale, output_type="np",
+            generator=[torch.Generator("cpu").manual_seed(int(seeds[i])) for i in index], **extra,
+        )
+        return np.asarray(result.images, dtype=np.float32)
+
+    pad = (cfg.compile or resolve_device(cfg).startswith("cuda")) if pad is None else pad
     with torch.inference_mode():
-        for start in range(0, len(cond_maps), cfg.batch_size):
-            chunk = slice(start, start + cfg.batch_size)
-            result = pipe(
-                prompt=prompts[chunk], negative_prompt=negatives[chunk], image=control_t[chunk],
-                height=gen_h, width=gen_w, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                controlnet_conditioning_scale=cfg.control_scale, output_type="np",
-                generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds[chunk]], **extra,
-            )
-            chunks.append(np.asarray(result.images, dtype=np.float32))
+        chunks = run_batches(run, len(cond_maps), cfg.batch_size, pad=pad, report=report,
+                             limits=_limits_for(pipe), size_key=(gen_h, gen_w))
     return np.concatenate(chunks)
+
+
+def run_batches(run: Callable[[list[int]], np.ndarray], count: int, batch_size: int, *, pad: bool,
+                report: GenerationReport, limits: dict[tuple[int, int], int] | None = None,
+                size_key: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+    """Call `run` on consecutive index chunks of `range(count)`, halving the chunk on CUDA OOM.
+
+    `run` gets sample indices (with `pad`, the last chunk repeats its last index up to the
+    batch size) and returns one output per index; padding outputs are dropped. `limits`
+    remembers the size that fitted per `size_key`, so the next call does not hit the same
+    out-of-memory error first.
+
+    Raises:
+        torch.cuda.OutOfMemoryError: even a batch of one does not fit.
+    """
+    size = min(batch_size, (limits or {}).get(size_key, batch_size))
+    start, chunks = 0, []
+    started = time.perf_counter()
+    while start < count:
+        n = min(size, count - start)
+        index = list(range(start, start + n))
+        index += [index[-1]] * ((size - n) if pad else 0)
+        try:
+            out = run(index)
+        except _oom_errors():
+            if size == 1:
+                raise
+            out = None
+        if out is None:  # outside the except block, so the failed batch's tensors can be freed
+            size = max(1, size // 2)
+            report.oom_halvings += 1
+            if limits is not None:
+                limits[size_key] = size
+            log.warning("CUDA out of memory at batch size %d; continuing with batch size %d", size * 2, size)
+            _free_cuda_cache()
+            continue
+        chunks.append(out[:n])
+        report.batches += 1
+        report.padded += len(index) - n
+        report.samples += n
+        start += n
+    report.batch_size = size
+    report.seconds += time.perf_counter() - started
+    return chunks
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    """The CUDA out-of-memory exception class, caught by class (empty tuple: torch has none)."""
+    import torch
+
+    error = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
+    return (error,) if error is not None else ()
+
+
+def _free_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _limits_for(pipe: Any) -> dict[tuple[int, int], int] | None:
+    try:
+        return _batch_limits.setdefault(pipe, {})
+    except TypeError:  # an object that cannot be weakly referenced: do not remember
+        return None
+
+
+def _to_tensor(maps: list[np.ndarray]) -> torch.Tensor:
+    """(N, 3, H, W) floats in [0, 1]: tensors skip diffusers' Lanczos resize of PIL control images."""
+    import torch
+
+    return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _photo_conditions(cfg: GeneratorConfig, photos: list[np.ndarray], masks: list[np.ndarray | None] | None,
+                      height: int, width: int) -> list[np.ndarray]:
+    from cgaug.models.control import photo_condition
+
+    masks = masks if masks is not None else [None] * len(photos)
+    return [photo_condition(photo, cfg.photo_control, height, width, mask=mask,
+                            canny_thresholds=cfg.canny_thresholds)
+            for photo, mask in zip(photos, masks, strict=True)]
+
+
+def controlnet_count(pipe: Any) -> int:
+    """How many conditions the pipeline takes (a MultiControlNet has one per ControlNet)."""
+    controlnet = getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)  # torch.compile wrapper
+    nets = getattr(controlnet, "nets", None)
+    return len(nets) if nets is not None else 1
+
+
+def _check_photos(pipe: Any, cfg: GeneratorConfig, photos: list[np.ndarray] | None,
+                  masks: list[np.ndarray | None] | None, count: int, size: tuple[int, int]) -> None:
+    wanted = cfg.photo_control != "none"
+    if not wanted:
+        if photos is not None or masks is not None:
+            raise ValueError("generate: photos were given but generator.photo_control is 'none'; "
+                             "set photo_control (canny, lineart) to use them")
+        return
+    if photos is None:
+        raise ValueError(f"generate: generator.photo_control is {cfg.photo_control!r}, so each sample "
+                         f"needs its source photo (photos=[...]), found none")
+    if controlnet_count(pipe) != 2:
+        raise ValueError(f"generate: generator.photo_control is {cfg.photo_control!r} but the pipeline "
+                         f"has {controlnet_count(pipe)} ControlNet(s), expected 2; load it with "
+                         f"load_pipeline(cfg)")
+    for name, values in (("photos", photos), ("photo_masks", masks)):
+        if values is not None and len(values) != count:
+            raise ValueError(f"generate: expected one entry of {name} per conditioning map ({count}), "
+                             f"found {len(values)}")
+    for i, photo in enumerate(photos):
+        if photo.dtype != np.uint8 or photo.shape != (*size, 3):
+            raise ValueError(f"generate: photo {i}: expected a {(*size, 3)} uint8 array like the "
+                             f"conditioning maps, found {photo.shape} {photo.dtype}")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -322,7 +598,14 @@ def _check_inputs(
 
 
 def generator_settings(cfg: GeneratorConfig, gen_size: tuple[int, int]) -> dict[str, Any]:
-    """The shard columns that, with the seed and prompts, regenerate a sample."""
+    """Every setting that, with the seed and prompts, regenerates a sample, as shard column -> value.
+
+    Speed-only settings (batch size, device, channels_last, compile) are left out: they
+    change pixels at float-rounding level only (see the module docstring).
+    """
+    photo = cfg.photo_control != "none"
+    params = {"canny_low": cfg.canny_thresholds[0], "canny_high": cfg.canny_thresholds[1]} \
+        if cfg.photo_control == "canny" else {}
     return {
         "generator_model": cfg.model,
         "generator_controlnet": cfg.controlnet,
@@ -335,4 +618,11 @@ def generator_settings(cfg: GeneratorConfig, gen_size: tuple[int, int]) -> dict[
         "dtype": resolve_dtype_name(cfg),
         "gen_height": gen_size[0],
         "gen_width": gen_size[1],
+        "generator_variant": cfg.variant,
+        "generator_controlnet_revision": cfg.controlnet_revision,
+        "photo_control": cfg.photo_control,
+        "photo_controlnet": photo_controlnet_name(cfg),
+        "photo_controlnet_revision": cfg.photo_controlnet_revision if photo else None,
+        "photo_control_scale": cfg.photo_control_scale if photo else None,
+        "photo_control_params": json.dumps(params, sort_keys=True) if photo else None,
     }

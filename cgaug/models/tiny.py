@@ -5,6 +5,8 @@ No weights can be downloaded here, yet tests and demos must exercise the real
 saved with `save_pretrained`, and loaded back like any hub checkpoint. The
 tokenizer is the real CLIP BPE (rebuilt from the vocabulary file open_clip
 ships), so prompt handling is the production one; only the weights are fake.
+A second tiny ControlNet stands in for the photo (Canny / line art) ControlNet
+of the optional second condition.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 TINY_RECIPE_VERSION = 1  # bump when the architecture or initialisation below changes
 MODEL_INDEX = "model_index.json"
+MODEL_CONFIG = "config.json"
 RECIPE_FILE = "cgaug_tiny.json"
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # merges the CLIP vocabulary uses (lines 1..48894 of the BPE file)
@@ -43,14 +46,29 @@ def tiny_model_dir() -> Path:
     return Path(cache) / "cgaug" / "models" / "tiny"
 
 
+def tiny_photo_controlnet_dir() -> Path:
+    """The per-user cache location of the tiny photo ControlNet, next to the tiny pipeline."""
+    return tiny_model_dir().with_name("tiny-photo-controlnet")
+
+
 def is_pipeline_dir(path: str | Path) -> bool:
     """True when `path` holds a saved pipeline; the atomic rename makes model_index.json sufficient."""
     return (Path(path) / MODEL_INDEX).is_file()
 
 
+def is_model_dir(path: str | Path) -> bool:
+    """True when `path` holds a saved single model (a ControlNet): its config.json."""
+    return (Path(path) / MODEL_CONFIG).is_file()
+
+
 def ensure_tiny_model() -> Path:
     """The tiny pipeline in the user cache, built on first use (safe when processes race)."""
     return build_tiny_pipeline(tiny_model_dir())
+
+
+def ensure_tiny_photo_controlnet() -> Path:
+    """The tiny photo ControlNet in the user cache, built on first use (safe when processes race)."""
+    return build_tiny_photo_controlnet(tiny_photo_controlnet_dir())
 
 
 def build_tiny_pipeline(dest: str | Path, seed: int = 0) -> Path:
@@ -63,22 +81,41 @@ def build_tiny_pipeline(dest: str | Path, seed: int = 0) -> Path:
     Raises:
         FileExistsError: `dest` exists, is not empty and is not a saved pipeline.
     """
+    return _build_atomically(dest, MODEL_INDEX, lambda tmp: _save(tiny_pipeline(seed), tmp, seed))
+
+
+def build_tiny_photo_controlnet(dest: str | Path, seed: int = 0) -> Path:
+    """Write the tiny photo ControlNet to `dest` atomically (as `build_tiny_pipeline` does) and return it.
+
+    It fits the tiny pipeline's UNet and differs from the tiny seg ControlNet, so a test can
+    tell whether the second condition reached the output.
+
+    Raises:
+        FileExistsError: `dest` exists, is not empty and is not a saved ControlNet.
+    """
+    return _build_atomically(dest, MODEL_CONFIG, lambda tmp: _save(tiny_photo_controlnet(seed), tmp, seed))
+
+
+def _build_atomically(dest: str | Path, marker: str, write: Any) -> Path:
     dest = Path(dest).expanduser()
-    if is_pipeline_dir(dest):
+    if (dest / marker).is_file():
         return dest
-    _check_replaceable(dest)
+    _check_replaceable(dest, marker)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the published model should read like any directory
-        pipe = tiny_pipeline(seed)
-        with quiet_progress_bars():
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe_version": TINY_RECIPE_VERSION, "seed": seed}))
-        _publish(tmp, dest)
+        write(tmp)
+        _publish(tmp, dest, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _save(model: Any, directory: Path, seed: int) -> None:
+    with quiet_progress_bars():
+        model.save_pretrained(directory, safe_serialization=True)
+    (directory / RECIPE_FILE).write_text(json.dumps({"recipe_version": TINY_RECIPE_VERSION, "seed": seed}))
 
 
 @contextmanager
@@ -103,20 +140,20 @@ def quiet_progress_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def _check_replaceable(dest: Path) -> None:
+def _check_replaceable(dest: Path, marker: str) -> None:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(
-            f"{dest}: expected a saved pipeline ({MODEL_INDEX}) or a missing/empty directory, "
+            f"{dest}: expected a saved model ({marker}) or a missing/empty directory, "
             "found other content; remove it or choose another destination"
         )
 
 
-def _publish(tmp: Path, dest: Path) -> None:
+def _publish(tmp: Path, dest: Path, marker: str) -> None:
     """Rename `tmp` to `dest`; losing the race to a concurrent builder is fine."""
     try:
         os.rename(tmp, dest)  # replaces an empty directory, fails on a non-empty one
     except OSError:
-        if not is_pipeline_dir(dest):
+        if not (dest / marker).is_file():
             raise
 
 
@@ -142,6 +179,16 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
         scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
         requires_safety_checker=False,
     )
+
+
+def tiny_photo_controlnet(seed: int = 0) -> Any:
+    """The tiny photo ControlNet in memory, in eval mode: the tiny UNet's ControlNet with its own seed."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        unet = _seeded(seed, 0, _tiny_unet)
+        controlnet = _seeded(seed, 4, lambda: _tiny_controlnet(unet))
+    return controlnet.eval()
 
 
 def _seeded(seed: int, component: int, build: Any) -> Any:
@@ -274,6 +321,7 @@ def _numel(shape: list[int]) -> int:
 
 
 __all__ = [
-    "build_tiny_pipeline", "clip_tokenizer", "count_parameters", "ensure_tiny_model", "is_pipeline_dir",
-    "tiny_model_dir", "tiny_pipeline",
+    "build_tiny_photo_controlnet", "build_tiny_pipeline", "clip_tokenizer", "count_parameters",
+    "ensure_tiny_model", "ensure_tiny_photo_controlnet", "is_model_dir", "is_pipeline_dir", "tiny_model_dir",
+    "tiny_photo_controlnet", "tiny_photo_controlnet_dir", "tiny_pipeline",
 ]

@@ -30,6 +30,15 @@ OBJECT_TYPE = pa.struct([
     ("area", pa.int64()),
 ])
 
+GATE_TYPE = pa.struct([
+    ("attempt", pa.int32()),
+    ("name", pa.string()),  # the score key, e.g. "sam_iou" (cgaug.tasks.filter.GATES)
+    ("score", pa.float64()),
+    ("threshold", pa.float64()),  # null: the gate only records its score
+    ("passed", pa.bool_()),
+    ("reason", pa.string()),  # reason code when failed, e.g. "sam_iou_low"
+])
+
 BLOB_COLUMNS = ("image_png", "label_png", "cond_png", "ood_mask_png", "noise_mask_png")
 
 SHARD_SCHEMA = pa.schema([
@@ -39,14 +48,17 @@ SHARD_SCHEMA = pa.schema([
     ("city", pa.string()),
     ("split", pa.string()),
     ("variant", pa.int32()),
-    ("attempt", pa.int32()),
-    ("seed", pa.int64()),
+    ("attempt", pa.int32()),  # the generation attempt whose image the row holds (0 = first)
+    ("attempts", pa.int32()),  # generations made for this sample (1 unless the filter asked for more)
+    ("seed", pa.int64()),  # seed of the composition and prompt (the plan's, unless re-composed)
+    ("image_seed", pa.int64()),  # seed the generator was given for the stored image
     ("shard", pa.int32()),
     # outcome
     ("verdict", pa.string()),
     ("reasons", pa.list_(pa.string())),
     ("detail", pa.string()),
-    ("scores", pa.map_(pa.string(), pa.float64())),
+    ("scores", pa.map_(pa.string(), pa.float64())),  # the stored attempt's gate scores, by gate name
+    ("gates", pa.list_(GATE_TYPE)),  # every gate of every attempt: the audit trail of the filter
     # prompt, each attribute in its own column
     ("prompt", pa.string()),
     ("negative_prompt", pa.string()),
@@ -65,6 +77,8 @@ SHARD_SCHEMA = pa.schema([
     ("generator_model", pa.string()),
     ("generator_controlnet", pa.string()),
     ("generator_revision", pa.string()),
+    ("generator_variant", pa.string()),
+    ("generator_controlnet_revision", pa.string()),
     ("scheduler", pa.string()),
     ("steps", pa.int32()),
     ("guidance_scale", pa.float32()),
@@ -73,6 +87,11 @@ SHARD_SCHEMA = pa.schema([
     ("dtype", pa.string()),
     ("gen_height", pa.int32()),
     ("gen_width", pa.int32()),
+    ("photo_control", pa.string()),  # second condition from the source photo: none | canny | lineart
+    ("photo_controlnet", pa.string()),
+    ("photo_controlnet_revision", pa.string()),
+    ("photo_control_scale", pa.float32()),
+    ("photo_control_params", pa.string()),  # JSON, e.g. {"canny_high": 200, "canny_low": 100}
     ("config_fingerprint", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
     # blobs (PNG, lossless); null for skipped samples

@@ -189,8 +189,8 @@ def usable_classes(bank: MaskBank, cfg: ComposeConfig) -> tuple[str, ...]:
         raise ValueError(f"compose.ood_classes names {missing}, which the object bank lacks; "
                          f"the bank has {list(bank.classes)}")
     in_dist = {ade_color(name) for name in CITYSCAPES_TO_ADE.values()}
-    clashing = sorted({bank.entry(int(bank.indices_of(c)[0])).ade_class for c in classes
-                       if ade_color(bank.entry(int(bank.indices_of(c)[0])).ade_class) in in_dist})
+    painted = {bank.entry(int(bank.indices_of(c)[0])).ade_class for c in classes}
+    clashing = sorted(ade for ade in painted if ade_color(ade) in in_dist)
     if clashing:
         raise ValueError(f"object bank classes painted as {clashing} share a colour with a Cityscapes class "
                          "in the conditioning map; remove them (compose.ood_classes) or remap their ADE class")

@@ -185,3 +185,14 @@ def test_killed_run_leaves_no_partial_shard_and_resumes(dataset, tiny_home, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(_shards(out)) == 6
     assert verify(open_root(str(out))) == []
+
+
+def test_photo_condition_runs_through_the_flow(dataset, tiny_home, tmp_path):
+    config = CGAugConfig.model_validate({"run": {"variants": 1, "shard_size": 8, "limit": 2},
+                                         "generator": {"model": "tiny", "photo_control": "canny"}})
+    out = tmp_path / "photo"
+    run(dataset, out, config)
+    rows = pq.read_table(out / "index.parquet").to_pylist()
+    assert [r["photo_control"] for r in rows] == ["canny", "canny"]
+    assert all(r["photo_controlnet"] == "tiny" and r["verdict"] == "unfiltered" for r in rows)
+    assert verify(open_root(str(out))) == []

@@ -176,3 +176,88 @@ def test_cli_tiny_writes_the_pipeline(tmp_path):
     assert tiny.is_pipeline_dir(dest)
     assert str(dest.resolve()) in result.output
     assert f"{tiny.count_parameters(dest):,} parameters" in result.output
+
+
+# ---------------------------------------------------------------- the tiny photo ControlNet
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    return tiny.build_tiny_photo_controlnet(tmp_path_factory.mktemp("tiny-photo") / "controlnet")
+
+
+def test_photo_controlnet_is_deterministic_loadable_and_differs_from_the_seg_one(photo_dir, tmp_path):
+    from diffusers import ControlNetModel
+
+    again = tiny.build_tiny_photo_controlnet(tmp_path / "again")
+    assert tiny.is_model_dir(photo_dir) and _files(photo_dir) == _files(again)
+
+    loaded = ControlNetModel.from_pretrained(photo_dir, local_files_only=True)
+    fresh = tiny.tiny_photo_controlnet(seed=0)
+    seg = tiny.tiny_pipeline(seed=0).controlnet
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), fresh.state_dict().values(),
+                                                 strict=True))
+    assert loaded.state_dict().keys() == seg.state_dict().keys()
+    assert not torch.equal(fresh.controlnet_mid_block.weight, seg.controlnet_mid_block.weight)
+    assert fresh.controlnet_mid_block.weight.abs().sum() > 0 and not fresh.training
+
+
+def test_ensure_photo_controlnet_lives_next_to_the_tiny_pipeline(monkeypatch, tmp_path, photo_dir):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    path = tiny.ensure_tiny_photo_controlnet()
+
+    assert path == tmp_path / "cgaug" / "models" / "tiny-photo-controlnet"
+    assert _files(path) == _files(photo_dir)
+
+
+def test_photo_controlnet_destination_with_other_content_is_refused(tmp_path):
+    dest = tmp_path / "occupied"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+
+    with pytest.raises(FileExistsError, match=r"config\.json"):
+        tiny.build_tiny_photo_controlnet(dest)
+
+
+# ---------------------------------------------------------------- full-size SD1.5 configs
+
+
+def test_full_size_configs_build_the_published_architectures():
+    """The published parameter counts: SD1.5 UNet 859.52 M, CLIP ViT-L/14 text 123.06 M, VAE 83.65 M."""
+    from cgaug.models.configs import count_module_parameters, load_config, random_components
+
+    parts = random_components("meta")
+    counts = {name: count_module_parameters(parts[name])
+              for name in ("unet", "controlnet", "vae", "text_encoder")}
+
+    assert counts == {"unet": 859_520_964, "controlnet": 361_279_120, "vae": 83_653_863,
+                      "text_encoder": 123_060_480}
+    unet = load_config("unet")
+    assert (unet["cross_attention_dim"], unet["attention_head_dim"], unet["layers_per_block"]) == (768, 8, 2)
+    scheduler = parts["scheduler"].config
+    assert (scheduler.beta_schedule, scheduler.steps_offset) == ("scaled_linear", 1)
+    assert scheduler.clip_sample is False  # DDIM's default is True: the SD1.5 config must switch it off
+
+
+def test_seg_controlnet_config_is_the_controlnet_derived_from_the_unet():
+    """The JSON must describe what `ControlNetModel.from_unet` makes of the SD1.5 UNet (same tensors)."""
+    import torch as th
+    from diffusers import ControlNetModel
+
+    from cgaug.models.configs import random_components
+
+    parts = random_components("meta")
+    with th.device("meta"):
+        derived = ControlNetModel.from_unet(parts["unet"], load_weights_from_unet=False,
+                                            conditioning_embedding_out_channels=(16, 32, 96, 256))
+
+    expected = {k: tuple(v.shape) for k, v in derived.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in parts["controlnet"].state_dict().items()} == expected
+
+
+def test_unknown_config_component_is_refused():
+    from cgaug.models.configs import load_config
+
+    with pytest.raises(ValueError, match="'refiner'"):
+        load_config("refiner")
