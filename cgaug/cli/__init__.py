@@ -91,6 +91,8 @@ def demo(
     dest: Annotated[Path, typer.Argument(help="Folder for the demo's source data and output.")] = Path("demo"),
     images: Annotated[int, typer.Option(help="Synthetic source images.")] = 6,
     variants: Annotated[int, typer.Option(help="Generated samples per image.")] = 2,
+    filters: Annotated[FilterMode, typer.Option(
+        "--filters", help="Quality filter; tiny runs every gate with offline random-weight models.")] = "tiny",
 ) -> None:
     """Fixtures -> object bank -> tiny-generator run -> verification, end to end on this machine."""
     from cgaug.fixtures import write_fixture_masks, write_fixtures
@@ -106,7 +108,7 @@ def demo(
         write_fixture_masks(source / "bank_masks")
         build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
     cfg = load_config(overrides={"run": {"variants": variants, "shard_size": 4},
-                                 "generator": {"model": "tiny"}})
+                                 "generator": {"model": "tiny"}, "filters": {"mode": filters}})
     summary = cgaug(source=str(source), out=str(out), bank=str(source / "bank.parquet"), config=cfg,
                     progress=True)
     problems = verify(open_root(str(out)))
@@ -123,4 +125,7 @@ def demo(
 
 
 def main() -> None:
+    # A local run's ephemeral Prefect server otherwise records telemetry in its SQLite database,
+    # which races with the run itself ("database is locked" tracebacks in the log).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
