@@ -98,7 +98,7 @@ def caption_lines(sample: dict[str, Any]) -> list[str]:
 def _add_captions(panels: Image.Image, lines: list[str]) -> Image.Image:
     font = ImageFont.load_default()
     line_height = _line_height(font)
-    wrapped = [piece for line in lines for piece in _wrap(line, font, panels.width - 2 * _PAD)]
+    wrapped = [piece for line in lines for piece in wrap_text(line, font, panels.width - 2 * _PAD)]
     band = 2 * _PAD + line_height * (1 + len(wrapped))
     canvas = Image.new("RGB", (panels.width, panels.height + band), _BAND_COLOR)
     canvas.paste(panels, (0, 0))
@@ -117,7 +117,7 @@ def _line_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
     return int(bottom - min(top, 0)) + 3
 
 
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
+def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
     """Greedy word wrap to `width` pixels (a word longer than a line gets a line of its own)."""
     lines: list[str] = []
     current = ""

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from cgaug.labels import CITYSCAPES_LABELS
 from cgaug.records import VOID_TRAIN_ID
 from cgaug.storage.fs import Root
+from cgaug.storage.preview import wrap_text
 from cgaug.tasks.evaluate import DatasetEvaluation, Example
 from cgaug.tasks.metrics import FprRule, curve_points
 
@@ -277,18 +278,6 @@ def _prediction_panel(example: Example, threshold: float | None) -> np.ndarray:
     return panel
 
 
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """Greedy word wrap to `width` pixels."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if current and font.getlength(candidate) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = candidate
-    return [*lines, current]
 
 
 def render_grid(examples: list[Example], scale: tuple[float, float], threshold: float | None,
@@ -303,7 +292,7 @@ def render_grid(examples: list[Example], scale: tuple[float, float], threshold: 
               f"{scale[1]:.4g} (bright), cyan = anomaly outline.",
               "prediction: train-id colours" + (f", white = score >= {threshold:.4g} (the FPR@95 threshold, rule "
                                                 f"{fpr_rule})." if threshold is not None else ".")]
-    legend = [piece for text in legend for piece in _wrap(text, font, width - 2 * _PAD)]
+    legend = [piece for text in legend for piece in wrap_text(text, font, width - 2 * _PAD)]
     header = _PAD * 2 + line * (1 + len(legend))
     height = header + sum(row.shape[0] + line + _PAD for row in rows)
     canvas = Image.new("RGB", (width, height), _BAND)
