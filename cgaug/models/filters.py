@@ -37,6 +37,7 @@ import numpy as np
 
 from cgaug.config import FilterConfig
 from cgaug.labels import CITYSCAPES_LABELS, NUM_TRAIN_CLASSES
+from cgaug.models.device import pick_device, pick_dtype_name, torch_dtype
 from cgaug.models.generator import ModelNotFound
 from cgaug.tasks.filter import Box, FilterModels, PixelOutput
 
@@ -184,27 +185,12 @@ def _save_tiny_clip(dest: Path, seed: int) -> None:
 
 
 def filter_device(cfg: FilterConfig) -> str:
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(cfg.device)
-    except RuntimeError as exc:
-        raise ValueError(f"filters.device: expected 'auto' or a torch device such as 'cuda:0', "
-                         f"found {cfg.device!r}") from exc
-    return cfg.device
+    return pick_device(cfg.device, "filters.device")
 
 
 def filter_dtype(cfg: FilterConfig, device: str) -> torch.dtype:
-    """`auto` is bf16 on CUDA, fp32 elsewhere."""
-    import torch
-
-    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if cfg.dtype != "auto":
-        return names[cfg.dtype]
-    on_cuda = device.startswith("cuda") and torch.cuda.is_available()
-    return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    """`auto` is bf16 on CUDA, fp32 elsewhere (see `cgaug.models.device`)."""
+    return torch_dtype(pick_dtype_name(cfg.dtype, device))
 
 
 def _to_chw(image: np.ndarray, device: str) -> torch.Tensor:

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from cgaug.config import GeneratorConfig
+from cgaug.models.device import pick_device, pick_dtype_name, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -96,32 +97,16 @@ class GenerationReport:
 
 def resolve_device(cfg: GeneratorConfig) -> str:
     """`auto` picks CUDA when present; anything else must be a torch device string."""
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(cfg.device)
-    except RuntimeError as exc:
-        raise ValueError(f"generator.device: expected 'auto' or a torch device such as 'cuda:0', "
-                         f"found {cfg.device!r}") from exc
-    return cfg.device
+    return pick_device(cfg.device, "generator.device")
 
 
 def resolve_dtype_name(cfg: GeneratorConfig) -> str:
-    """`auto` is bf16 on CUDA (same speed as fp16 there, without fp16's VAE overflow), fp32 elsewhere."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    import torch
-
-    on_cuda = resolve_device(cfg).startswith("cuda")
-    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    """`auto` is bf16 on CUDA, fp32 elsewhere (see `cgaug.models.device`)."""
+    return pick_dtype_name(cfg.dtype, resolve_device(cfg))
 
 
 def resolve_dtype(cfg: GeneratorConfig) -> torch.dtype:
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[resolve_dtype_name(cfg)]
+    return torch_dtype(resolve_dtype_name(cfg))
 
 
 # ---------------------------------------------------------------- loading
