@@ -74,7 +74,6 @@ CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = tuple(
 CITYSCAPES_BY_NAME = {label.name: label for label in CITYSCAPES_LABELS}
 NUM_TRAIN_CLASSES = 19
 ROAD_LABEL_ID = CITYSCAPES_BY_NAME["road"].id
-ROAD_TRAIN_ID = CITYSCAPES_BY_NAME["road"].train_id
 
 # The reference's Cityscapes -> ADE20K-150 class mapping; classes absent here are painted black.
 CITYSCAPES_TO_ADE: dict[str, str] = {
@@ -178,6 +177,3 @@ def train_id_color_lut() -> np.ndarray:
             lut[label.train_id] = label.color
     return lut
 
-
-def known_label_ids() -> frozenset[int]:
-    return frozenset(label.id for label in CITYSCAPES_LABELS)

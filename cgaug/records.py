@@ -93,15 +93,9 @@ class Prompt:
 
 @dataclass(slots=True)
 class Stats:
-    """Counters of one stage or shard; they add up across shards."""
+    """Counters of one stage or shard (e.g. ``skipped_no_road``, ``generated``)."""
 
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, key: str, value: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + value
-
-    def merge(self, other: Stats) -> Stats:
-        merged = Stats(dict(self.counts))
-        for key, value in other.counts.items():
-            merged.add(key, value)
-        return merged

@@ -48,17 +48,22 @@ def _check_ade_names(names: Iterable[str], what: str) -> None:
         raise ValueError(f"{what}: {unknown} are not ADE20K-150 class names; valid names: {sorted(valid)}")
 
 
+def _read_json(path: Path, what: str) -> object:
+    """A JSON file's content; errors name the file and what it was meant to be."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} file not found") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: {what} is not valid JSON ({error})") from error
+
+
 def load_class_map(path: str | Path | None) -> dict[str, str | None]:
     """A JSON object {name: ADE20K-150 name or null}; null drops that name. Keys are lower-cased."""
     if path is None:
         return {}
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: class map file not found") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: class map is not valid JSON ({error})") from error
+    data = _read_json(path, "class map")
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()
     ):
@@ -361,12 +366,7 @@ def coco_segmentation_mask(segmentation: object, height: int, width: int) -> np.
 
 
 def _load_coco(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: COCO annotation file not found") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    data = _read_json(path, "COCO annotation")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a COCO instances JSON object, found {type(data).__name__}")
     missing = [key for key in ("images", "annotations", "categories") if key not in data]
