@@ -13,6 +13,8 @@ Checkpoints `load_segmenter` reads:
 - a ``.pt`` / ``.pth`` file from `torch.save`: either ``{"config": {...}, "state_dict": {...}}``, where the
   config holds `smp.create_model` arguments (``arch``, ``encoder_name``, ``classes``, ...), or a bare
   state dict of the tiny architecture.
+A ``{"config": {"kind": ...}, "state_dict": ...}`` file written by two-stage training (`cgaug train`,
+``RUN_DIR/model.pt``) loads its learnable uncertainty function u(x) as the anomaly score.
 Images are normalised with the ImageNet mean and std (the encoders' convention) unless the config sets
 ``mean``/``std``. The anomaly score is the energy, -logsumexp(logits) over classes: high where no class is
 confident.
@@ -78,6 +80,7 @@ class SmpSegmenter:
         self.num_classes = num_classes
         self.size_divisor = size_divisor
         self.name = name
+        self.config: dict[str, Any] = {}  # the smp.create_model arguments, when built from a config
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -101,7 +104,12 @@ class SmpSegmenter:
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.inference_mode():
-            logits = self.model(x)[..., :height, :width]
+            logits, score = self._forward(x)
+        return logits[..., :height, :width], score[..., :height, :width]
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, anomaly score) of a normalised, padded batch; models with their own score override it."""
+        logits = self.model(x)
         return logits, energy_score(logits)
 
 
@@ -130,12 +138,18 @@ def _create(config: dict[str, Any], origin: str) -> torch.nn.Module:
 
 
 def _from_config(config: dict[str, Any], origin: str, state_dict: dict[str, Any] | None = None) -> SmpSegmenter:
+    if config.get("kind") is not None:  # a two-stage training export (cgaug.models.uncertainty)
+        from cgaug.models.uncertainty import trained_segmenter
+
+        return trained_segmenter(config, state_dict or {}, origin)
     model = _create(config, origin)
     if state_dict is not None:
         _load_state(model, state_dict, origin, config)
-    return SmpSegmenter(model, num_classes=int(config.get("classes", 19)),
-                        mean=tuple(config.get("mean", IMAGENET_MEAN)), std=tuple(config.get("std", IMAGENET_STD)),
-                        size_divisor=int(config.get("size_divisor", SIZE_DIVISOR)), name=origin)
+    segmenter = SmpSegmenter(model, num_classes=int(config.get("classes", 19)),
+                             mean=tuple(config.get("mean", IMAGENET_MEAN)), std=tuple(config.get("std", IMAGENET_STD)),
+                             size_divisor=int(config.get("size_divisor", SIZE_DIVISOR)), name=origin)
+    segmenter.config = dict(config)
+    return segmenter
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, Any], origin: str, config: dict[str, Any]) -> None:
@@ -198,7 +212,8 @@ def _load_directory(path: Path) -> SmpSegmenter:
     return _from_config(config, str(path), state)
 
 
-def _load_file(path: Path) -> SmpSegmenter:
+def read_torch_payload(path: Path) -> dict[str, Any]:
+    """The dict in a `torch.save` file (weights only: no code runs), or a CheckpointError naming the file."""
     import torch
 
     try:
@@ -208,6 +223,11 @@ def _load_file(path: Path) -> SmpSegmenter:
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}; expected a state dict or "
                               "{'config': ..., 'state_dict': ...}")
+    return payload
+
+
+def _load_file(path: Path) -> SmpSegmenter:
+    payload = read_torch_payload(path)
     if "state_dict" in payload:
         config = payload.get("config")
         if not isinstance(config, dict):
