@@ -22,6 +22,7 @@ from cgaug.cli.fixtures import fixtures_command
 from cgaug.cli.models import app as models_app
 from cgaug.cli.shards import app as shards_app
 from cgaug.cli.shards import export_app
+from cgaug.cli.train import train_command
 from cgaug.config import ConfigError, FilterMode, load_config
 
 app = typer.Typer(help="CG-Aug: coherent generative augmentation of Cityscapes-format datasets.",
@@ -34,6 +35,7 @@ app.add_typer(export_app, name="export", help="Export a generated dataset to oth
 app.add_typer(models_app, name="models", help="Create and inspect generator models.")
 app.add_typer(filter_app, name="filter", help="Tune and inspect the automatic quality filter.")
 app.command("eval", help="Evaluate a segmenter on the anomaly and domain-shift benchmarks.")(eval_command)
+app.command("train", help="Two-stage noise-aware training on originals + CG-Aug shards.")(train_command)
 
 console = Console(stderr=True)
 
