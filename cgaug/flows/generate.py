@@ -1,29 +1,35 @@
-"""The `cgaug` flow: plan -> per shard (compose -> prompt -> generate -> write) -> index.
+"""The `cgaug` flow (deployment `cgaug/generate`): plan -> shards -> index -> summary.
 
 Orchestration only: each task calls the pure stage code in `cgaug.tasks` and
 `cgaug.storage`, and passes ids, paths and small records (never arrays).
-Heavy objects (the object bank, the generator pipeline) are loaded once per
-worker process and reused by every shard it runs.
+Shards run either in this process (`Orchestration.in_process`, the local
+CLI) or as `cgaug-shard` child runs on the GPU pool (`cgaug.flows.fanout`);
+either way a shard that exists and validates is skipped, so a scheduled run
+with the same parameters only does what is missing.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from cgaug.config import CGAugConfig
-from cgaug.storage.fs import Root, open_root
-from cgaug.tasks.plan import PlanEntry, extend_plan, plan_from_table, plan_to_table, shards_of
+from cgaug.flows.fanout import Orchestration, fan_out
+from cgaug.flows.shard import (
+    CONFIG_FILE,
+    PLAN_FILE,
+    PlanMismatch,
+    check_config,
+    load_plan,
+    shard_task,
+)
+from cgaug.storage.fs import open_root
+from cgaug.tasks.plan import PlanEntry, extend_plan, plan_to_table, shards_of
 
-PLAN_FILE = "plan.parquet"
-CONFIG_FILE = "config.json"
-
-
-class PlanMismatch(ValueError):
-    """An output directory planned with settings that change sample content."""
+__all__ = ["PlanMismatch", "cgaug", "plan_run"]
 
 
 def _relative(root: str, path: str) -> str:
@@ -33,37 +39,21 @@ def _relative(root: str, path: str) -> str:
     return path[len(prefix):]
 
 
-def load_plan(out: Root) -> list[PlanEntry]:
-    return plan_from_table(out.read_parquet(PLAN_FILE)) if out.exists(PLAN_FILE) else []
+def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> tuple[list[PlanEntry], int]:
+    """Extend (or create) the stored plan of `out` for `source` and write it back.
 
-
-def _check_config(out: Root, config: CGAugConfig) -> None:
-    """Refuse to extend an output made with different content settings: its samples would disagree."""
-    if not out.exists(CONFIG_FILE):
-        return
-    recorded = json.loads(out.read_bytes(CONFIG_FILE))
-    if recorded.get("config_fingerprint") != config.output_fingerprint():
-        old, new = recorded.get("config", {}), config.model_dump(mode="json")
-        changed = sorted(f"{section}.{key}" for section in new for key in new[section]
-                         if old.get(section, {}).get(key) != new[section][key])
-        raise PlanMismatch(
-            f"{out.uri()} was generated with other settings (fingerprint {recorded.get('config_fingerprint')}, "
-            f"now {config.output_fingerprint()}; differing: {', '.join(changed) or 'unknown'}). "
-            "Use a new output directory, or the recorded settings (config.json there).")
-
-
-def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> list[PlanEntry]:
-    """Extend (or create) the stored plan of `out` for `source` and write it back."""
+    Returns the plan and how many samples this call added (new source images or variants).
+    """
     from cgaug.storage.cityscapes import list_sources
 
     root = open_root(out)
-    _check_config(root, config)
+    check_config(out, config)
     sources = [
         record.__class__(record.source_id, record.city, record.split, _relative(source, record.image_path),
                          _relative(source, record.label_path))
         for record in list_sources(source, config.run.split)
     ]
-    existing = load_plan(root)
+    existing = load_plan(out)
     plan = extend_plan(existing, sources, config.run)
     if len(plan) != len(existing) or not root.exists(PLAN_FILE):
         root.write_parquet_atomic(PLAN_FILE, plan_to_table(plan))
@@ -71,70 +61,15 @@ def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> list[Plan
         record = {"config_fingerprint": config.output_fingerprint(), "config": config.model_dump(mode="json"),
                   "source": source, "bank": bank}
         root.write_bytes_atomic(CONFIG_FILE, json.dumps(record, indent=2).encode())
-    return plan
+    return plan, len(plan) - len(existing)
 
 
-@cache
-def _bank(path: str, classes: tuple[str, ...] | None):
-    from cgaug.storage.bank import ObjectBank
-
-    return ObjectBank.open(path, list(classes) if classes is not None else None)
-
-
-def _generator(config: CGAugConfig):
-    """The (generate, settings) pair for `run_shard`, over the per-process cached pipeline."""
-    from cgaug.models.generator import generate, generation_size, generator_settings, load_pipeline
-
-    gen_cfg = config.generator
-    pipe = load_pipeline(gen_cfg)
-
-    def run(cond_maps, prompts, negatives, seeds, **photo_inputs):
-        return generate(pipe, gen_cfg, cond_maps, prompts, negatives, seeds, **photo_inputs)
-
-    def settings(height: int, width: int) -> dict[str, Any]:
-        return generator_settings(gen_cfg, generation_size(height, width, gen_cfg))
-
-    return run, settings
-
-
-def _judge(config: CGAugConfig):
-    """The quality filter for `run_shard` over the per-process cached filter models; None when off."""
-    if config.filters.mode == "none":
-        return None
-    from cgaug.models.filters import load_filter_models
-    from cgaug.tasks.filter import make_judge
-
-    return make_judge(load_filter_models(config.filters), config.filters)
-
-
-def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int) -> dict[str, Any]:
-    """Produce and commit one shard unless a valid copy exists; returns its info and counters."""
-    from cgaug.storage.shards import shard_complete, write_shard
-    from cgaug.tasks.compose import usable_classes
-    from cgaug.tasks.shard import run_shard
-
-    root = open_root(out)
-    entries = shards_of(load_plan(root)).get(shard_id)
-    if entries is None:
-        raise KeyError(f"shard {shard_id} is not in the plan of {root.uri()}")
-    if shard_complete(root, shard_id, [e.spec.sample_id for e in entries]):
-        return {"shard": shard_id, "written": False, "rows": len(entries), "stats": {}}
-    object_bank = _bank(bank, tuple(config.compose.ood_classes) if config.compose.ood_classes else None)
-    classes = usable_classes(object_bank, config.compose)
-    run, settings = _generator(config)
-    rows, stats = run_shard(entries, source, object_bank, classes, config, run, settings,
-                            judge=_judge(config))
-    info = write_shard(root, shard_id, rows)
-    return {"shard": shard_id, "written": True, "rows": info.rows, "sha256": info.sha256,
-            "stats": stats.counts}
-
-
-def pending_shards(out: str, plan: list[PlanEntry]) -> list[int]:
+def _shard_is_complete(out: str, plan: list[PlanEntry]):
     from cgaug.storage.shards import shard_complete
 
     root = open_root(out)
-    return [shard for shard, entries in shards_of(plan).items()
-            if not shard_complete(root, shard, [e.spec.sample_id for e in entries])]
+    ids = {shard: [e.spec.sample_id for e in entries] for shard, entries in shards_of(plan).items()}
+    return lambda shard: shard_complete(root, shard, ids[shard])
 
 
 def index_dataset(out: str, source: str, bank: str, config: CGAugConfig) -> dict[str, Any]:
@@ -149,18 +84,12 @@ def index_dataset(out: str, source: str, bank: str, config: CGAugConfig) -> dict
 
 @task(name="plan")
 def plan_task(source: str, out: str, bank: str, config: CGAugConfig) -> dict[str, Any]:
-    plan = plan_run(source, out, bank, config)
-    pending = pending_shards(out, plan)
-    get_run_logger().info("plan: %d samples in %d shards, %d to do", len(plan), len(shards_of(plan)),
-                          len(pending))
-    return {"samples": len(plan), "shards": len(shards_of(plan)), "pending": pending}
-
-
-@task(name="shard", task_run_name="shard-{shard_id:05d}")
-def shard_task(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int) -> dict[str, Any]:
-    result = generate_shard(source, out, bank, config, shard_id)
-    get_run_logger().info("shard %05d: %s", shard_id, result["stats"] or "already complete")
-    return result
+    plan, added = plan_run(source, out, bank, config)
+    is_complete = _shard_is_complete(out, plan)
+    pending = [shard for shard in shards_of(plan) if not is_complete(shard)]
+    get_run_logger().info("plan: %d samples in %d shards (%d new samples), %d shards to do", len(plan),
+                          len(shards_of(plan)), added, len(pending))
+    return {"samples": len(plan), "shards": len(shards_of(plan)), "new_samples": added, "pending": pending}
 
 
 @task(name="index")
@@ -170,36 +99,104 @@ def index_task(out: str, source: str, bank: str, config: CGAugConfig) -> dict[st
     return manifest
 
 
+def _wait_for_claims(out: str, orch: Orchestration):
+    """Block while live producers elsewhere hold claims on shards about to be relaunched (bounded)."""
+    from cgaug.storage.claims import read_claim
+
+    root = open_root(out)
+
+    def wait(shards: list[int]) -> None:
+        deadline = time.monotonic() + orch.claim_ttl_s + orch.poll_s
+        while time.monotonic() < deadline:
+            live = [s for s in shards if (c := read_claim(root, s)) is not None and not c.stale()]
+            if not live:
+                return
+            time.sleep(orch.poll_s)
+
+    return wait
+
+
 @flow(name="cgaug")
 def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
-          progress: bool = False) -> dict[str, Any]:
+          orchestration: Orchestration | None = None, progress: bool = False) -> dict[str, Any]:
     """Generate (or complete) the augmented dataset `out` from a Cityscapes-format `source`.
 
     Args:
-        source: Cityscapes-format root (local path or fsspec URI).
+        source: Cityscapes-format root (local path or fsspec URI; the same path on every worker).
         out: output root (local path or fsspec URI); re-running resumes it.
         bank: object bank Parquet file.
         config: the configuration tree; defaults when omitted.
+        orchestration: in-process or fan-out to the GPU pool, retries, quality floor.
         progress: show a progress bar on stderr (local runs).
     """
+    from prefect.runtime import flow_run
     from tqdm import tqdm
 
+    from cgaug.flows.monitor import Progress, emit_shard_events, publish_run_summary
+    from cgaug.storage.reports import read_report
+    from cgaug.tasks.quality import is_low_quality, run_summary_markdown
+
     config = config or CGAugConfig()
+    orch = orchestration or Orchestration()
     logger = get_run_logger()
     plan = plan_task(source, out, bank, config)
-    results = []
-    with tqdm(total=len(plan["pending"]), unit="shard", disable=not progress, desc="cgaug") as bar:
-        for shard_id in plan["pending"]:
-            results.append(shard_task(source, out, bank, config, shard_id))
-            bar.update(1)
-    if not any(r["written"] for r in results) and _manifest_current(out):
-        logger.info("nothing to do: %s is complete", out)
-        manifest = json.loads(open_root(out).read_bytes("manifest.json"))
+    root = open_root(out)
+    is_complete = _shard_is_complete(out, load_plan(out))
+    tracker = Progress(len(plan["pending"]), out)
+    qualities, written, notes = [], [], []
+    bar = tqdm(total=len(plan["pending"]), unit="shard", disable=not progress, desc="cgaug")
+
+    def on_done(shard: int) -> None:
+        if shard in written:
+            return
+        written.append(shard)
+        quality, _ = read_report(root, shard)
+        qualities.append(quality)
+        emit_shard_events(out, quality, orch.quality_floor)
+        if is_low_quality(quality, orch.quality_floor):
+            logger.warning("shard %05d: acceptance %.3f below the floor %.3f", shard, quality.quality,
+                           orch.quality_floor)
+        tracker.advance()
+        bar.update(1)
+
+    if orch.in_process:
+        for shard in plan["pending"]:
+            outcome = shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
+            if outcome["status"] == "claimed":
+                notes.append(f"shard {shard:05d} skipped: {outcome['detail']}")
+            elif is_complete(shard):
+                on_done(shard)
+        missing = [s for s in plan["pending"] if not is_complete(s)]
     else:
-        manifest = index_task(out, source, bank, config)
-    summary = {"out": out, "samples": plan["samples"], "shards": plan["shards"],
-               "shards_written": sum(r["written"] for r in results), "counts": manifest.get("counts", {})}
+        parameters = {"source": source, "out": out, "bank": bank, "config": config.model_dump(mode="json"),
+                      "claim_ttl_s": orch.claim_ttl_s, "quality_floor": orch.quality_floor}
+        missing = fan_out(plan["pending"], orch, parameters, str(flow_run.get_id()), flow_run.get_run_count(),
+                          is_complete, on_done, _wait_for_claims(out, orch), notes.append)
+        for shard in plan["pending"]:
+            if shard not in missing:
+                on_done(shard)
+    bar.close()
+    for note in notes:
+        logger.warning(note)
+    manifest = index_task(out, source, bank, config) if written or not _manifest_current(out) else json.loads(
+        root.read_bytes("manifest.json"))
+    skipped = plan["shards"] - len(plan["pending"])
+    if plan["new_samples"]:
+        notes.insert(0, f"{plan['new_samples']} new samples planned (new source images or variants)")
+    if not plan["pending"]:
+        notes.insert(0, "nothing to do: every planned shard was already complete")
+    if missing:
+        notes.append(f"{len(missing)} shards could not be produced: {missing[:50]}")
+    publish_run_summary(run_summary_markdown(
+        out, sorted(qualities, key=lambda q: q.shard), samples=plan["samples"], shards=plan["shards"],
+        skipped=skipped, written=sorted(written), floor=orch.quality_floor, counts=manifest.get("counts", {}),
+        notes=notes), out)
+    summary = {"out": out, "samples": plan["samples"], "shards": plan["shards"], "new_samples": plan["new_samples"],
+               "shards_written": len(written), "shards_missing": missing, "counts": manifest.get("counts", {})}
     logger.info("done: %s", summary)
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards of {out} are still missing after "
+                           f"{orch.child_attempts} attempts: {missing[:50]} (see the run summary)")
     return summary
 
 
