@@ -22,6 +22,7 @@ from cgaug.cli.fixtures import fixtures_command
 from cgaug.cli.models import app as models_app
 from cgaug.cli.shards import app as shards_app
 from cgaug.cli.shards import export_app
+from cgaug.cli.stack import app as stack_app
 from cgaug.cli.train import train_command
 from cgaug.config import ConfigError, FilterMode, load_config
 
@@ -34,6 +35,7 @@ app.add_typer(shards_app, name="shards", help="Inspect and verify a generated da
 app.add_typer(export_app, name="export", help="Export a generated dataset to other layouts.")
 app.add_typer(models_app, name="models", help="Create and inspect generator models.")
 app.add_typer(filter_app, name="filter", help="Tune and inspect the automatic quality filter.")
+app.add_typer(stack_app, name="stack", help="The local Prefect stack: server, pools, deployments, workers.")
 app.command("eval", help="Evaluate a segmenter on the anomaly and domain-shift benchmarks.")(eval_command)
 app.command("train", help="Two-stage noise-aware training on originals + CG-Aug shards.")(train_command)
 
@@ -70,8 +72,13 @@ def generate(
     config: Annotated[Path | None, typer.Option(
         "--config", exists=True, dir_okay=False, help="YAML configuration file.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    in_process: Annotated[bool, typer.Option(
+        "--in-process/--fan-out", help="Produce shards in this process, or as cgaug-shard child runs on the "
+                                       "GPU pool of the Prefect server at PREFECT_API_URL (workers needed; "
+                                       "`cgaug stack up` starts them).")] = True,
 ) -> None:
-    """Run the `cgaug` flow locally: plan, compose, prompt, generate, [filter,] write shards, index."""
+    """Run the `cgaug` flow: plan, compose, prompt, generate, [filter,] write shards, index."""
+    from cgaug.flows.fanout import Orchestration
     from cgaug.flows.generate import cgaug
 
     try:
@@ -84,7 +91,8 @@ def generate(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     bank_path = bank or f"{source.rstrip('/')}/bank.parquet"
-    summary = cgaug(source=source, out=out, bank=bank_path, config=cfg, progress=progress)
+    summary = cgaug(source=source, out=out, bank=bank_path, config=cfg, progress=progress,
+                    orchestration=Orchestration(in_process=in_process))
     typer.echo(json.dumps(summary, indent=2))
 
 
