@@ -7,7 +7,9 @@ DEMO_DIR ?= demo
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: venv test test-fast test-slow demo lint bench clean
+STACK_DIR ?= .cgaug-stack
+
+.PHONY: venv test test-fast test-slow demo demo-local stack-up stack-down lint bench clean
 
 venv: $(STAMP)
 
@@ -25,8 +27,19 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# The production path on this machine: Prefect server + pools + workers, then cgaug/generate on the pool.
 demo: venv
-	$(VENV)/bin/cgaug demo $(DEMO_DIR)
+	$(VENV)/bin/cgaug stack demo $(DEMO_DIR)
+
+# The same data in one process, no server.
+demo-local: venv
+	$(VENV)/bin/cgaug demo $(DEMO_DIR)-local
+
+stack-up: venv
+	$(VENV)/bin/cgaug stack up --state $(STACK_DIR)
+
+stack-down: venv
+	$(VENV)/bin/cgaug stack down --state $(STACK_DIR)
 
 lint: venv
 	$(PY) -m ruff check cgaug tests benchmarks
@@ -35,4 +48,5 @@ bench: venv
 	$(PY) benchmarks/compose.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	-test -x $(VENV)/bin/cgaug && $(VENV)/bin/cgaug stack down --state $(DEMO_DIR)/stack
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-local .pytest_cache .ruff_cache

@@ -135,7 +135,7 @@ def quality_table(quality: ShardQuality, floor: float | None = None) -> list[dic
         ("OOD classes", _top(q.ood_classes, 6)),
         ("domains", _top(q.domains, 6)),
         ("generations", f"{q.generations} ({_fmt(q.generations / max(q.rows, 1))} per sample)"),
-        ("time", "–" if q.seconds is None else
+        ("wall time", "–" if q.seconds is None else  # model loading of a fresh worker process included
          f"{q.seconds:.1f} s, {_fmt(q.images_per_second)} images/s"),
     ]
     return [{"metric": metric, "value": value} for metric, value in rows]

@@ -49,6 +49,13 @@ def running_stack(state: Path, **options: Any):
         stack.down(state)
 
 
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory, tiny_home):
+    """The SQLite stack: server, deployments, a CPU worker and two GPU-pool workers (on the CPU)."""
+    with running_stack(tmp_path_factory.mktemp("stack"), cpu_workers=2) as started:
+        yield started
+
+
 @contextlib.contextmanager
 def api(url: str):
     from prefect.client.orchestration import get_client

@@ -1,8 +1,8 @@
 """`prefect deployment run cgaug/generate` on a real server (SQLite) with process workers for both pools.
 
-One stack for the module: a CPU worker for the parent and two GPU-pool
-workers running on the CPU with the tiny generator, so that two workers
-really compete for the same output.
+One stack for the session (`pool`, tests/e2e/conftest.py): a CPU worker for
+the parent and two GPU-pool workers running on the CPU with the tiny
+generator, so that two workers really compete for the same output.
 """
 
 from __future__ import annotations
@@ -30,17 +30,10 @@ from tests.e2e.conftest import (
     child_runs,
     parameters,
     run_generate,
-    running_stack,
     wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory, tiny_home):
-    with running_stack(tmp_path_factory.mktemp("stack"), cpu_workers=2) as started:
-        yield started
 
 
 def _planned_ids(out: Path) -> list[str]:
@@ -93,14 +86,9 @@ def test_new_source_images_only_add_their_shards(pool, e2e_source, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
 
     extra = tmp_path / "extra"
-    write_fixtures(extra, images=3, seed=7, height=128, width=256)
-    new = sorted((extra / "leftImg8bit" / "train").rglob("*.png"))[-1]  # one more source image
-    city = new.parent.name
-    for kind, suffix in (("leftImg8bit", "_leftImg8bit.png"), ("gtFine", "_gtFine_labelIds.png")):
-        stem = new.name.removesuffix("_leftImg8bit.png")
-        target = source / kind / "train" / city
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(extra / kind / "train" / city / f"{stem}{suffix}", target / f"zz{stem}{suffix}")
+    new_id = write_fixtures(extra, images=3, seed=7, height=128, width=256)[-1]  # one more source image
+    for kind in ("leftImg8bit", "gtFine"):
+        shutil.copytree(extra / kind / "train" / new_id.split("_")[0], source / kind / "train" / new_id.split("_")[0])
 
     second = run_generate(pool.api_url, parameters(source, out, quality_floor=None, shards_per_child=2))
     assert second.state.is_completed()

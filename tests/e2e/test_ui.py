@@ -1,0 +1,86 @@
+"""The Prefect UI renders a shard's quality table: checked in headless Chromium, with a screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import artifacts, child_runs, parameters, run_generate
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000", "--virtual-time-budget=20000"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs the Debian package")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def render(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *mode, url],
+                          capture_output=True, text=True, timeout=120)
+
+
+class Cells(HTMLParser):
+    """The text of every table cell, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_shard_quality_table_is_visible_in_the_ui(pool, e2e_source, tmp_path):
+    run = run_generate(pool.api_url, parameters(e2e_source, tmp_path / "out", shards_per_child=2))
+    assert run.state.is_completed()
+    [child] = child_runs(pool.api_url, run.id)
+    quality = artifacts(pool.api_url, "cgaug-shard-quality", [child.id])
+    assert len(quality) == 2
+    artifact = sorted(quality, key=lambda a: a.created)[0]
+    page = f"{pool.ui_url}/artifacts/artifact/{artifact.id}"
+
+    dom = render(page, tmp_path / "profile", "--dump-dom")
+    cells = Cells()
+    cells.feed(dom.stdout)
+    table = {row[0]: row[1] for row in cells.rows if len(row) == 2}
+    assert table.get("shard", "").startswith("shard-0000"), f"no quality table rendered at {page}"
+    assert {"acceptance", "samples", "dropped by reason", "OOD classes", "domains", "wall time"} <= set(table)
+    assert table["samples"].startswith("2 rows")
+
+    shot = tmp_path / "ui-shard-quality.png"
+    render(page, tmp_path / "profile", f"--screenshot={shot}")
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1000, 1400) and pixels.std() > 10  # a rendered page, not a blank one
+    keep = os.environ.get("CGAUG_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
