@@ -48,6 +48,20 @@ def _assert_every_planned_sample_once(out: Path) -> None:
     assert {shard: len(entries) for shard, entries in writes.items()} == {s: 1 for s in writes}
 
 
+def test_deploy_applies_every_deployment_with_its_pool_and_an_inactive_schedule(pool):
+    with api(pool.api_url) as client:
+        found = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
+        pools = {p.name: p.type for p in client.read_work_pools()}
+    assert set(found) == {"cgaug/generate", "cgaug-shard/gpu", "cgaug-eval/gpu", "cgaug-train/gpu"}
+    assert pools == {"cpu": "process", "gpu": "process"}
+    assert found["cgaug/generate"].work_pool_name == "cpu"
+    assert {d.work_pool_name for name, d in found.items() if name != "cgaug/generate"} == {"gpu"}
+    [schedule] = found["cgaug/generate"].schedules
+    assert not schedule.active and schedule.schedule.cron == "0 3 * * *"
+    assert found["cgaug/generate"].parameters["orchestration"]["in_process"] is False
+    assert found["cgaug/generate"].global_concurrency_limit.limit == 1
+
+
 def test_generate_deployment_fans_out_to_the_gpu_pool(pool, e2e_source, tmp_path):
     out = tmp_path / "out"
     run = run_generate(pool.api_url, parameters(e2e_source, out, quality_floor=None))
@@ -185,14 +199,15 @@ def test_sigkill_of_a_gpu_worker_mid_shard_then_rerun_completes_exactly_once(poo
 def test_low_quality_shard_pauses_the_generate_schedule(pool, e2e_source, tmp_path):
     """Acceptance below the floor -> `cgaug.shard.low-quality` -> the automation pauses cgaug/generate."""
     strict = TINY | {"filters": {"mode": "tiny", "sam_iou_threshold": 0.99, "max_attempts": 1}}  # all rejected
-    run = run_generate(pool.api_url, parameters(e2e_source, tmp_path / "out", strict, quality_floor=0.5,
-                                                shards_per_child=2))
-    assert run.state.is_completed()
     with api(pool.api_url) as client:
-        assert not client.read_deployment(run.deployment_id).paused or pytest.fail("paused before the run")
+        deployment = client.read_deployment_by_name("cgaug/generate")
+        assert not deployment.paused
         try:
-            wait_until(lambda: client.read_deployment(run.deployment_id).paused, 120,
+            run = run_generate(pool.api_url, parameters(e2e_source, tmp_path / "out", strict, quality_floor=0.5,
+                                                        shards_per_child=2))
+            assert run.state.is_completed()
+            wait_until(lambda: client.read_deployment(deployment.id).paused, 120,
                        "the automation to pause cgaug/generate")
         finally:
-            client.resume_deployment(run.deployment_id)
+            client.resume_deployment(deployment.id)
     assert "low-quality shards:** 2" in artifacts(pool.api_url, "cgaug-run-summary", [run.id])[0].data
