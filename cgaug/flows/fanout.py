@@ -20,6 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_SHARD_DEPLOYMENT = "cgaug-shard/gpu"
+MAX_AUTO_SHARDS_PER_CHILD = 64  # auto grouping: at most this many shards per child (retry and balance unit)
 
 
 class Orchestration(BaseModel):
@@ -29,7 +30,10 @@ class Orchestration(BaseModel):
 
     in_process: bool = True  # run shards in this process (local CLI) instead of child runs on the pool
     shard_deployment: str = DEFAULT_SHARD_DEPLOYMENT
-    shards_per_child: int = Field(1, ge=1)  # more amortises model loading over a longer child run
+    # 0 = auto: pending shards split evenly over the pool's online workers, at most
+    # MAX_AUTO_SHARDS_PER_CHILD each. More shards per child amortise the child's process start and
+    # model load (benchmarks/orchestration.py); fewer balance load and retry in smaller units.
+    shards_per_child: int = Field(0, ge=0)
     max_children: int = Field(64, ge=1)  # child runs in flight at once (bounds API and pool load)
     child_attempts: int = Field(3, ge=1)  # launches per shard before the parent fails
     child_timeout_s: float | None = Field(None, gt=0)  # a child unfinished after this is given up on
@@ -40,6 +44,23 @@ class Orchestration(BaseModel):
 
 def groups_of(shards: list[int], size: int) -> list[list[int]]:
     return [shards[i:i + size] for i in range(0, len(shards), size)]
+
+
+def auto_group_size(pending: int, workers: int) -> int:
+    """Shards per child when not fixed: one child per online worker, capped for balance and retries."""
+    return max(1, min(MAX_AUTO_SHARDS_PER_CHILD, -(-pending // max(workers, 1))))
+
+
+def online_workers(deployment: str) -> int:
+    """Online workers of the pool the shard deployment runs on (0 when none answered recently)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment_by_name(deployment).work_pool_name
+        if pool is None:
+            return 0
+        return sum(w.status == WorkerStatus.ONLINE for w in client.read_workers_for_work_pool(pool))
 
 
 def child_key(parent: str, run_count: int, group: list[int], attempt: int) -> str:
@@ -97,7 +118,8 @@ def fan_out(todo: list[int], orch: Orchestration, parameters: dict[str, Any], pa
             remaining = [s for s in remaining if not is_done(s)]
             if not remaining:
                 break
-        groups = groups_of(remaining, orch.shards_per_child)
+        size = orch.shards_per_child or auto_group_size(len(remaining), online_workers(orch.shard_deployment))
+        groups = groups_of(remaining, size)
         failed: list[str] = []
         for batch in groups_of(list(range(len(groups))), orch.max_children):
             children = {launch_child(orch.shard_deployment, parameters, groups[i],

@@ -45,6 +45,7 @@ def run(monkeypatch):
         pool = FakePool(set(failing))
         monkeypatch.setattr(fanout, "launch_child", pool.launch)
         monkeypatch.setattr(fanout, "wait_children", pool.wait)
+        monkeypatch.setattr(fanout, "online_workers", lambda deployment: 1)
         calls, logs, claim_waits = [], [], []
         missing = fan_out(todo, Orchestration(in_process=False, **options), {"out": "OUT"}, "parent", 1,
                           pool.done.__contains__, calls.append, claim_waits.append, logs.append)
@@ -59,7 +60,7 @@ def test_everything_in_one_round(run):
 
 
 def test_failed_child_is_relaunched_for_its_missing_shards_only(run):
-    missing, pool, calls, logs, waits = run([0, 1, 2], failing={(1, 1)})
+    missing, pool, calls, logs, waits = run([0, 1, 2], failing={(1, 1)}, shards_per_child=1)
     assert missing == [] and sorted(calls) == [0, 1, 2]
     assert pool.launched == [((0,), 1), ((1,), 1), ((2,), 1), ((1,), 2)]
     assert waits == [[1]]  # other producers' claims are waited for before the relaunch
@@ -68,15 +69,23 @@ def test_failed_child_is_relaunched_for_its_missing_shards_only(run):
 
 
 def test_gives_up_after_child_attempts(run):
-    missing, pool, calls, logs, _ = run([0, 1], failing={(1, 1), (1, 2)}, child_attempts=2)
+    missing, pool, calls, logs, _ = run([0, 1], failing={(1, 1), (1, 2)}, child_attempts=2, shards_per_child=1)
     assert missing == [1] and calls == [0]
     assert [launch for launch in pool.launched if launch[0] == (1,)] == [((1,), 1), ((1,), 2)]
     assert "attempt 2: 1 shards still missing: [1]" in logs
 
 
 def test_children_in_flight_are_bounded(run):
-    _, pool, *_ = run(list(range(5)), max_children=2)
+    _, pool, *_ = run(list(range(5)), max_children=2, shards_per_child=1)
     assert [g for g, _ in pool.launched] == [(0,), (1,), (2,), (3,), (4,)]
+
+
+def test_auto_grouping_gives_each_online_worker_one_child(run):
+    missing, pool, *_ = run(list(range(5)))  # one online worker: one child for everything
+    assert missing == [] and pool.launched == [((0, 1, 2, 3, 4), 1)]
+    assert fanout.auto_group_size(10, 4) == 3 and fanout.auto_group_size(10, 0) == 10
+    assert fanout.auto_group_size(10_000, 2) == fanout.MAX_AUTO_SHARDS_PER_CHILD
+    assert fanout.auto_group_size(0, 3) == 1
 
 
 def test_keys_and_groups():
