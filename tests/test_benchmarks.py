@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench_helpers import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "generation.py"
 
@@ -20,14 +20,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 
-@functools.cache
 def _bench():
-    """The script as a module (dataclasses need it registered in sys.modules while it executes)."""
-    spec = importlib.util.spec_from_file_location("cgaug_bench_generation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("generation")
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "orchestration.py"
+from tests.bench_helpers import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("cgaug_bench_orchestration", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("orchestration")
 
 
 def test_overhead_fraction_by_hand():
