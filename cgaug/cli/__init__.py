@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from cgaug.cli._util import self_command
 from cgaug.cli.bank import app as bank_app
 from cgaug.cli.eval import eval_command
 from cgaug.cli.filter import app as filter_app
@@ -127,7 +127,7 @@ def demo(
         raise typer.Exit(1)
     typer.echo(json.dumps(summary, indent=2))
     sample = open_root(str(out)).read_parquet("index.parquet", columns=["sample_id"])["sample_id"][0]
-    command = sys.argv[0] if sys.argv[0].endswith("cgaug") else "cgaug"
+    command = self_command()
     typer.echo(f"demo dataset ready and verified: {out.resolve()}\n"
                f"  look at a sample: {command} shards show {out} --sample {sample} --out sample.png\n"
                f"  summary:          {command} shards stats {out}\n"

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from cgaug.cli._util import self_command
+
 app = typer.Typer(help="Start, stop and use the local Prefect stack (server, pools, deployments, workers).",
                   no_args_is_help=True)
 
@@ -47,7 +49,7 @@ def up(
                f"  processes: {', '.join(started.processes)} (logs in {Path(started.state_dir) / 'logs'})\n"
                f"  use it:    export PREFECT_API_URL={started.api_url}\n"
                f"             prefect deployment run cgaug/generate\n"
-               f"  stop it:   cgaug stack down --state {state}")
+               f"  stop it:   {self_command()} stack down --state {state}")
 
 
 @app.command()
@@ -134,8 +136,8 @@ def demo(
     typer.echo(summary or "(no run summary artifact)")
     typer.echo(f"\nflow run {run.name}: {run.state.name if run.state else 'unknown'}\n"
                f"  UI:        {running.ui_url}/runs/flow-run/{run.id}\n"
-               f"  dataset:   {data / 'out'}  (cgaug shards stats {data / 'out'})\n"
-               f"  stop with: cgaug stack down --state {state_dir}")
+               f"  dataset:   {data / 'out'}  ({self_command()} shards stats {data / 'out'})\n"
+               f"  stop with: {self_command()} stack down --state {state_dir}")
     if run.state is None or not run.state.is_completed():
         raise typer.Exit(code=1)
 

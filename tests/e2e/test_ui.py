@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cgaug.cli.stack import latest_artifact
 from tests.e2e.conftest import artifacts, child_runs, parameters, run_generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.browser]
@@ -60,11 +61,15 @@ class Cells(HTMLParser):
 
 
 def test_shard_quality_table_is_visible_in_the_ui(pool, e2e_source, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     run = run_generate(pool.api_url, parameters(e2e_source, tmp_path / "out", shards_per_child=2, quality_floor=None))
     assert run.state.is_completed()
     [child] = child_runs(pool.api_url, run.id)
     quality = artifacts(pool.api_url, "cgaug-shard-quality", [child.id])
     assert len(quality) == 2
+    with temporary_settings({PREFECT_API_URL: pool.api_url}):  # what `cgaug stack demo` prints
+        assert latest_artifact(run.id, "cgaug-run-summary").startswith("# cgaug run summary")
     artifact = sorted(quality, key=lambda a: a.created)[0]
     page = f"{pool.ui_url}/artifacts/artifact/{artifact.id}"
 
