@@ -6,6 +6,8 @@ per-shard reports next to the data; this module only hands it to Prefect.
 - table artifact ``cgaug-shard-quality``: one version per produced shard
   (a verdict line first, then drops by reason, score quantiles per gate, OOD
   classes, domains, timing);
+- markdown artifact ``cgaug-shard-preview``: a few rendered samples of the
+  shard (image | conditioning map | labels with the OOD outline), inline;
 - markdown artifact ``cgaug-run-summary``: one version per parent run;
 - progress artifact of the parent run (shards finished / to do);
 - events ``cgaug.shard.completed`` and, when acceptance is below the floor,
@@ -22,6 +24,7 @@ from cgaug.storage.fs import open_root
 from cgaug.tasks.quality import ShardQuality, is_low_quality, quality_table
 
 SHARD_QUALITY_KEY = "cgaug-shard-quality"
+SHARD_PREVIEW_KEY = "cgaug-shard-preview"
 RUN_SUMMARY_KEY = "cgaug-run-summary"
 PROGRESS_KEY = "cgaug-progress"
 EVENT_COMPLETED = "cgaug.shard.completed"
@@ -53,6 +56,20 @@ def publish_shard_quality(out: str, outcome: dict[str, Any], floor: float | None
         quality_table(quality, floor), key=SHARD_QUALITY_KEY,
         description=f"**shard-{quality.shard:05d}** of `{out}`: {flag}, {quality.rows} rows"
                     + (f", produced by {where}" if where else ""))
+
+
+def publish_shard_preview(out: str, shard: int) -> UUID:
+    """A few rendered samples of the shard (a rejected one first) as a markdown artifact with inline images."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from cgaug.storage.preview import pick_preview_rows, shard_preview_markdown
+    from cgaug.storage.shards import read_shard_rows
+
+    root = open_root(out, create=False)
+    verdicts, _ = read_shard_rows(root, shard)
+    _, rows = read_shard_rows(root, shard, pick_preview_rows(verdicts))
+    return create_markdown_artifact(shard_preview_markdown(rows, f"shard-{shard:05d}: samples"),
+                                    key=SHARD_PREVIEW_KEY, description=f"samples of shard-{shard:05d} of `{out}`")
 
 
 def emit_shard_events(out: str, quality: ShardQuality, floor: float | None) -> list[str]:

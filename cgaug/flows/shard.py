@@ -170,11 +170,13 @@ def produce_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_i
 @task(name="shard", task_run_name="shard-{shard_id:05d}")
 def shard_task(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int,
                claim_ttl_s: float = DEFAULT_CLAIM_TTL_S, quality_floor: float | None = None) -> dict[str, Any]:
-    from cgaug.flows.monitor import publish_shard_quality
+    from cgaug.flows.monitor import publish_shard_preview, publish_shard_quality
 
     outcome = produce_shard(source, out, bank, config, shard_id, claim_ttl_s=claim_ttl_s)
     get_run_logger().info("shard %05d: %s %s", shard_id, outcome["status"], outcome["detail"])
-    publish_shard_quality(out, outcome, quality_floor)
+    if outcome["status"] == WRITTEN:
+        publish_shard_quality(out, outcome, quality_floor)
+        publish_shard_preview(out, shard_id)
     return outcome
 
 

@@ -129,3 +129,41 @@ def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, wid
         else:
             current = candidate
     return [*lines, current]
+
+
+PREVIEW_SAMPLES = 3  # per shard: enough to judge at a glance, small enough for an artifact
+PREVIEW_PANEL_WIDTH = 240
+PREVIEW_JPEG_QUALITY = 80
+
+
+def data_uri(picture: Image.Image, quality: int = PREVIEW_JPEG_QUALITY) -> str:
+    """A JPEG `data:` URI: the Prefect UI renders these inline in markdown artifacts (no file server)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def pick_preview_rows(verdicts: list[str], limit: int = PREVIEW_SAMPLES) -> list[int]:
+    """Row positions to show: a rejected sample first (what the filter catches), then kept ones, in order."""
+    rejected = [i for i, v in enumerate(verdicts) if v == "rejected"]
+    kept = [i for i, v in enumerate(verdicts) if v in ("accepted", "unfiltered")]
+    return (rejected[:1] + kept)[:limit] if limit > 0 else []
+
+
+def shard_preview_markdown(rows: list[dict[str, Any]], title: str, limit: int = PREVIEW_SAMPLES) -> str:
+    """Markdown with up to `limit` rendered samples of a shard (decoded rows), each as an inline picture."""
+    picked = [rows[i] for i in pick_preview_rows([r.get("verdict") for r in rows], limit)]
+    parts = [f"### {title}", ""]
+    for sample in picked:
+        try:
+            picture = render_sample(sample, panel_width=PREVIEW_PANEL_WIDTH)
+        except ValueError:
+            continue  # a rejected row stored without images
+        parts += [f"**{sample['sample_id']}** — {sample.get('verdict')}", "",
+                  f"![{sample['sample_id']}]({data_uri(picture)})", ""]
+    if len(parts) == 2:
+        parts.append("(no sample with images in this shard)")
+    return "\n".join(parts)

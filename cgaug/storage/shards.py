@@ -555,6 +555,26 @@ def iter_rows(root: Root, verdicts: str | Iterable[str] | None = None) -> Iterat
                         yield row
 
 
+def read_shard_rows(root: Root, shard_id: int, positions: list[int] | None = None,
+                    columns_first: str = "verdict") -> tuple[list[Any], list[dict[str, Any]]]:
+    """One column of every row of a shard, and the decoded rows at `positions` (None: none).
+
+    Only the row groups holding the wanted rows are read, so previews of large shards stay cheap.
+    `positions` may be a function of the first column: pass None, inspect, then call again.
+    """
+    name = shard_name(shard_id)
+    with root.open(name) as f:
+        parquet = pq.ParquetFile(f)
+        first = parquet.read(columns=[columns_first]).column(0).to_pylist()
+        starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+        rows = []
+        for position in positions or []:
+            group = int(np.searchsorted(starts, position, side="right") - 1)
+            table = parquet.read_row_group(group).slice(position - int(starts[group]), 1)
+            rows.append(decode_row(table.to_pylist()[0]))
+    return first, rows
+
+
 def iter_samples(root: Root, verdicts: str | Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Like `iter_rows`, with blobs decoded by `decode_row`."""
     for row in iter_rows(root, verdicts):

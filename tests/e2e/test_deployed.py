@@ -81,6 +81,8 @@ def test_generate_deployment_fans_out_to_the_gpu_pool(pool, e2e_source, tmp_path
     assert len(quality) == 2 and all(a.type == "table" for a in quality)
     tables = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in quality]
     assert sorted(t[0]["value"].split(":")[0] for t in tables) == ["shard-00000", "shard-00001"]
+    previews = artifacts(pool.api_url, "cgaug-shard-preview", [c.id for c in children])
+    assert len(previews) == 2 and all("data:image/jpeg;base64," in a.data for a in previews)
     summary = artifacts(pool.api_url, "cgaug-run-summary", [run.id])
     assert len(summary) == 1 and str(out) in summary[0].data and "written this run:** 2 shards" in summary[0].data
 

@@ -85,6 +85,9 @@ def test_shard_quality_table_is_visible_in_the_ui(pool, e2e_source, tmp_path):
     render(page, tmp_path / "profile", f"--screenshot={shot}")
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1000, 1400) and pixels.std() > 10  # a rendered page, not a blank one
+    [preview] = sorted(artifacts(pool.api_url, "cgaug-shard-preview", [child.id]), key=lambda a: a.created)[:1]
+    preview_dom = render(f"{pool.ui_url}/artifacts/artifact/{preview.id}", tmp_path / "profile", "--dump-dom")
+    assert '<img src="data:image/jpeg;base64,' in preview_dom.stdout  # the samples show inline
     keep = os.environ.get("CGAUG_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

@@ -235,3 +235,38 @@ def test_show_png_round_trips(dataset):
     buffer = io.BytesIO()
     render_sample(read_sample(root, "s003")).save(buffer, format="PNG")
     assert decode_png(buffer.getvalue()).shape[1] == 3 * W
+
+
+def test_preview_picks_a_rejected_sample_first_then_kept_ones():
+    from cgaug.storage.preview import pick_preview_rows
+
+    assert pick_preview_rows(["accepted", "rejected", "skipped", "unfiltered", "rejected"], 3) == [1, 0, 3]
+    assert pick_preview_rows(["skipped", "skipped"], 3) == []
+    assert pick_preview_rows(["accepted"] * 5, 2) == [0, 1]
+
+
+def test_read_shard_rows_decodes_only_the_wanted_rows(dataset):
+    from cgaug.storage.shards import read_shard_rows
+
+    root, _ = dataset
+    verdicts, rows = read_shard_rows(root, 1, [0, 1])
+    assert verdicts == ["accepted", "rejected", "skipped"]
+    assert [r["sample_id"] for r in rows] == ["s003", "s004"]
+    expected = read_sample(root, "s003")
+    assert np.array_equal(rows[0]["image"], expected["image"]) and rows[1]["image"] is None
+
+
+def test_shard_preview_markdown_inlines_rendered_samples(dataset):
+    import base64
+
+    from cgaug.storage.preview import PREVIEW_PANEL_WIDTH, shard_preview_markdown
+    from cgaug.storage.shards import read_shard_rows
+
+    root, _ = dataset
+    _, rows = read_shard_rows(root, 1, [1, 0])  # the rejected row has no images: left out, not an error
+    text = shard_preview_markdown(rows, "shard-00001: samples")
+    uris = re.findall(r"\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert text.startswith("### shard-00001: samples") and "**s003** — accepted" in text and len(uris) == 1
+    picture = Image.open(io.BytesIO(base64.b64decode(uris[0])))
+    assert picture.format == "JPEG" and picture.width == 3 * PREVIEW_PANEL_WIDTH
+    assert "no sample with images" in shard_preview_markdown(rows[:1], "x")
