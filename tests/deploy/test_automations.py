@@ -107,9 +107,30 @@ def test_trigger_fires_on_the_flows_event_from_a_deployment_run() -> None:
 
 
 def test_event_names_are_the_flows_contract() -> None:
-    """Every event name an automation expects is one the parent flow emits."""
-    emitted = {"cgaug.shard.completed", "cgaug.shard.low-quality"}
+    """Every cgaug event an automation expects is one the parent flow emits; the rest are Prefect's own."""
+    from cgaug.flows.monitor import EVENT_COMPLETED, EVENT_LOW_QUALITY
+
+    emitted = {EVENT_COMPLETED, EVENT_LOW_QUALITY}
     for automation in _by_name().values():
         trigger = automation.trigger
         assert isinstance(trigger, EventTrigger)
-        assert trigger.expect and trigger.expect <= emitted, automation.name
+        ours = {name for name in trigger.expect if name.startswith("cgaug.")}
+        assert ours <= emitted, automation.name
+        assert all(name.startswith("prefect.flow-run.") for name in trigger.expect - ours), automation.name
+
+
+def test_runs_without_heartbeats_of_cgaug_flows_are_crashed() -> None:
+    automation = _by_name()["cgaug-crash-zombie-runs"]
+    trigger = automation.trigger
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"} and trigger.for_each == {"prefect.resource.id"}
+    # Proactive: fires when none of `expect` follows a heartbeat within the window (3 default heartbeats+).
+    assert trigger.within.total_seconds() >= 3 * 180
+    run = {"prefect.resource.id": "prefect.flow-run.5b0e3c1a", "prefect.resource.name": "shards-00003-00004"}
+    tag = {"prefect.resource.id": "prefect.tag.cgaug", "prefect.resource.role": "tag"}
+    other_tag = {"prefect.resource.id": "prefect.tag.etl", "prefect.resource.role": "tag"}
+    assert _matches(trigger, "prefect.flow-run.heartbeat", run, [tag])
+    assert _matches(trigger, "prefect.flow-run.Completed", run, [tag])  # an ending keeps it from firing
+    assert not _matches(trigger, "prefect.flow-run.heartbeat", run, [other_tag])  # other teams' flows: not ours
+    (action,) = automation.actions
+    assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"
