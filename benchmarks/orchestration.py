@@ -72,8 +72,8 @@ def direct(source: Path, out: Path, cfg: dict) -> dict:
     load = time.perf_counter() - start
     plan, _ = plan_run(str(source), str(out), str(source / "bank.parquet"), config)
     start = time.perf_counter()
-    for shard in shards_of(plan):
-        generate_shard(str(source), str(out), str(source / "bank.parquet"), config, shard)
+    for shard, entries in shards_of(plan).items():
+        generate_shard(str(source), str(out), str(source / "bank.parquet"), config, shard, entries)
     return {"images": len(plan), "seconds": time.perf_counter() - start, "model_load_s": load}
 
 

@@ -101,9 +101,9 @@ def base_env(api_url: str | None = None, home: str | Path | None = None) -> dict
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path, cwd: str | Path | None = None
            ) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its whole life
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                            start_new_session=True)  # own process group: a stop reaches its flow runs too
+    with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True)  # own process group: a stop reaches its flow runs too
 
 
 def prefect_bin() -> str:

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from cgaug.config import CGAugConfig
 from cgaug.flows.fanout import Orchestration, fan_out
 from cgaug.flows.shard import (
+    CLAIMED,
     CONFIG_FILE,
     PLAN_FILE,
     PlanMismatch,
@@ -160,13 +161,15 @@ def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
         bar.update(1)
 
     if orch.in_process:
+        claimed = []
         for shard in plan["pending"]:
             outcome = shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
-            if outcome["status"] == "claimed":
+            if outcome["status"] == CLAIMED:
                 notes.append(f"shard {shard:05d} skipped: {outcome['detail']}")
-            elif is_complete(shard):
+                claimed.append(shard)
+            else:
                 on_done(shard)
-        missing = [s for s in plan["pending"] if not is_complete(s)]
+        missing = [s for s in claimed if not is_complete(s)]
     else:
         parameters = {"source": source, "out": out, "bank": bank, "config": config.model_dump(mode="json"),
                       "claim_ttl_s": orch.claim_ttl_s, "quality_floor": orch.quality_floor}

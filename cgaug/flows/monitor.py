@@ -17,7 +17,6 @@ per-shard reports next to the data; this module only hands it to Prefect.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 from uuid import UUID
 
 from cgaug.storage.fs import open_root
@@ -41,15 +40,13 @@ def shard_resource(out: str, shard: int) -> dict[str, str]:
             "prefect.resource.name": f"shard-{shard:05d}", "cgaug.out": str(out)}
 
 
-def publish_shard_quality(out: str, outcome: dict[str, Any], floor: float | None) -> UUID | None:
-    """The quality table of a shard this run produced; nothing for shards it found done or claimed."""
+def publish_shard_quality(out: str, shard: int, floor: float | None) -> UUID:
+    """The quality table of a shard this run produced, from its report."""
     from prefect.artifacts import create_table_artifact
 
     from cgaug.storage.reports import read_report
 
-    if outcome["status"] != "written":
-        return None
-    quality, producer = read_report(open_root(out, create=False), outcome["shard"])
+    quality, producer = read_report(open_root(out, create=False), shard)
     flag = "LOW QUALITY" if is_low_quality(quality, floor) else "ok"
     where = producer.get("flow_run_name") or producer.get("host", "")
     return create_table_artifact(

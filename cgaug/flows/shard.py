@@ -98,24 +98,26 @@ def _entries(out: str, shard_id: int) -> list[PlanEntry]:
     return entries
 
 
-def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int) -> dict[str, Any]:
-    """Produce and commit one shard unless a valid copy exists; returns its info and counters."""
-    from cgaug.storage.shards import shard_complete, write_shard
+def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int,
+                   entries: list[PlanEntry] | None = None) -> dict[str, Any]:
+    """Produce and commit one planned shard; returns its info and counters.
+
+    Callers decide whether the shard still needs producing (`produce_shard` does, under its claim);
+    a valid shard already on disk is never rewritten either way (`write_shard`).
+    """
+    from cgaug.storage.shards import write_shard
     from cgaug.tasks.compose import usable_classes
     from cgaug.tasks.shard import run_shard
 
     root = open_root(out)
-    entries = _entries(out, shard_id)
-    if shard_complete(root, shard_id, [e.spec.sample_id for e in entries]):
-        return {"shard": shard_id, "written": False, "rows": len(entries), "stats": {}}
+    entries = entries if entries is not None else _entries(out, shard_id)
     object_bank = _bank(bank, tuple(config.compose.ood_classes) if config.compose.ood_classes else None)
     classes = usable_classes(object_bank, config.compose)
     run, settings = _generator(config)
     rows, stats = run_shard(entries, source, object_bank, classes, config, run, settings,
                             judge=_judge(config))
     info = write_shard(root, shard_id, rows)
-    return {"shard": shard_id, "written": True, "rows": info.rows, "sha256": info.sha256,
-            "stats": stats.counts}
+    return {"shard": shard_id, "rows": info.rows, "sha256": info.sha256, "stats": stats.counts}
 
 
 def producer_identity() -> dict[str, Any]:
@@ -145,7 +147,8 @@ def produce_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_i
     from cgaug.storage.shards import shard_complete
 
     root = open_root(out)
-    sample_ids = [e.spec.sample_id for e in _entries(out, shard_id)]
+    entries = _entries(out, shard_id)
+    sample_ids = [e.spec.sample_id for e in entries]
     if shard_complete(root, shard_id, sample_ids):
         return {"shard": shard_id, "status": COMPLETE, "rows": len(sample_ids), "seconds": 0.0, "detail": ""}
     producer = producer or producer_identity()
@@ -158,7 +161,7 @@ def produce_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_i
                 return {"shard": shard_id, "status": COMPLETE, "rows": len(sample_ids), "seconds": 0.0,
                         "detail": ""}
             start = time.perf_counter()
-            result = generate_shard(source, out, bank, config, shard_id)
+            result = generate_shard(source, out, bank, config, shard_id, entries)
             seconds = time.perf_counter() - start
             write_report(root, quality_of_shard(root, shard_id, seconds), producer)
     finally:
@@ -175,7 +178,7 @@ def shard_task(source: str, out: str, bank: str, config: CGAugConfig, shard_id: 
     outcome = produce_shard(source, out, bank, config, shard_id, claim_ttl_s=claim_ttl_s)
     get_run_logger().info("shard %05d: %s %s", shard_id, outcome["status"], outcome["detail"])
     if outcome["status"] == WRITTEN:
-        publish_shard_quality(out, outcome, quality_floor)
+        publish_shard_quality(out, shard_id, quality_floor)
         publish_shard_preview(out, shard_id)
     return outcome
 

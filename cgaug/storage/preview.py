@@ -136,14 +136,15 @@ PREVIEW_PANEL_WIDTH = 240
 PREVIEW_JPEG_QUALITY = 80
 
 
-def data_uri(picture: Image.Image, quality: int = PREVIEW_JPEG_QUALITY) -> str:
-    """A JPEG `data:` URI: the Prefect UI renders these inline in markdown artifacts (no file server)."""
-    import base64
+def jpeg_data_uri(picture: Image.Image, quality: int = PREVIEW_JPEG_QUALITY) -> str:
+    """The picture as an inline JPEG for a markdown artifact (far smaller than PNG for photos)."""
     import io
+
+    from cgaug.tasks.markdown import data_uri
 
     buffer = io.BytesIO()
     picture.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri(buffer.getvalue(), "image/jpeg")
 
 
 def pick_preview_rows(verdicts: list[str], limit: int = PREVIEW_SAMPLES) -> list[int]:
@@ -163,7 +164,7 @@ def shard_preview_markdown(rows: list[dict[str, Any]], title: str, limit: int = 
         except ValueError:
             continue  # a rejected row stored without images
         parts += [f"**{sample['sample_id']}** — {sample.get('verdict')}", "",
-                  f"![{sample['sample_id']}]({data_uri(picture)})", ""]
+                  f"![{sample['sample_id']}]({jpeg_data_uri(picture)})", ""]
     if len(parts) == 2:
         parts.append("(no sample with images in this shard)")
     return "\n".join(parts)

@@ -34,6 +34,7 @@ from cgaug.records import VOID_TRAIN_ID
 from cgaug.storage.fs import Root
 from cgaug.storage.preview import wrap_text
 from cgaug.tasks.evaluate import DatasetEvaluation, Example
+from cgaug.tasks.markdown import table
 from cgaug.tasks.metrics import FprRule, curve_points
 
 CLASS_NAMES: tuple[str, ...] = tuple(
@@ -129,11 +130,9 @@ def markdown_summary(records: list[dict[str, Any]], meta: dict[str, Any]) -> str
 
     lines = [f"# cgaug-eval: {meta.get('checkpoint')}", "",
              f"FPR@95 rule: `{meta.get('fpr_rule')}`; AUROC, AP, FPR@95, mIoU, mAcc, aAcc in %.", "",
-             "| dataset | images | AUROC | AP | FPR@95 | mIoU | mAcc | aAcc |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in records:
-        lines.append(f"| {r['name']} | {r['images']} | {pct(r['auroc'])} | {pct(r['ap'])} | {pct(r['fpr95'])} | "
-                     f"{pct(r['miou'])} | {pct(r['macc'])} | {pct(r['aacc'])} |")
+             *table(["dataset", "images", "AUROC", "AP", "FPR@95", "mIoU", "mAcc", "aAcc"],
+                    [[r["name"], r["images"], *(pct(r[k]) for k in ("auroc", "ap", "fpr95", "miou", "macc", "aacc"))]
+                     for r in records], align="lrrrrrrr")]
     return "\n".join(lines) + "\n"
 
 

@@ -14,13 +14,14 @@ that has none is never called low-quality.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from cgaug.storage.schema import VERDICT_ACCEPTED, VERDICT_REJECTED, VERDICT_SKIPPED
+from cgaug.tasks.markdown import table
 
 QUALITY_COLUMNS = ["sample_id", "verdict", "reasons", "scores", "attempts", "weather", "time_of_day",
                    "prompt_domain", "objects"]
@@ -40,7 +41,6 @@ class ShardQuality:
     domains: dict[str, int]  # "rainy night", "clear day", "base" (no domain prompt), ...
     generations: int  # generator calls, retries included
     seconds: float | None = None  # wall time of the shard's production, when measured
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def judged(self) -> int:
@@ -158,20 +158,20 @@ def run_summary_markdown(out: str, qualities: list[ShardQuality], *, samples: in
         f"({accepted}/{judged} judged) · **low-quality shards:** {len(low)}"
         + (f" (floor {_fmt(floor)})" if floor is not None else ""),
         "",
-        "| verdict | rows |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in sorted(counts.items())],
+        *table(["verdict", "rows"], sorted(counts.items())),
         "",
     ]
     if qualities:
         worst_q = sorted(qualities, key=lambda q: (q.quality if q.quality is not None else 2.0, q.shard))[:worst]
         slow = sorted((q for q in qualities if q.seconds is not None), key=lambda q: -(q.seconds or 0))[:worst]
-        lines += ["## Worst shards (lowest acceptance)", "", "| shard | acceptance | rows | top reasons |",
-                  "|---|---|---|---|",
-                  *[f"| shard-{q.shard:05d} | {_fmt(q.quality)} | {q.rows} | {_top(q.reasons, 3)} |"
-                    for q in worst_q], ""]
-        lines += ["## Slowest shards", "", "| shard | seconds | images/s |", "|---|---|---|",
-                  *[f"| shard-{q.shard:05d} | {q.seconds:.1f} | {_fmt(q.images_per_second)} |" for q in slow], ""]
+        lines += ["## Worst shards (lowest acceptance)", "",
+                  *table(["shard", "acceptance", "rows", "top reasons"],
+                         [(f"shard-{q.shard:05d}", _fmt(q.quality), q.rows, _top(q.reasons, 3)) for q in worst_q]),
+                  ""]
+        lines += ["## Slowest shards", "",
+                  *table(["shard", "seconds", "images/s"],
+                         [(f"shard-{q.shard:05d}", f"{q.seconds:.1f}", _fmt(q.images_per_second)) for q in slow]),
+                  ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += [f"Inspect: `cgaug shards stats {out}` · verify: `cgaug shards verify {out}`"]

@@ -6,10 +6,11 @@ artifact as a ``data:image/png;base64`` URI, which the Prefect UI renders withou
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from typing import Any
+
+from cgaug.tasks.markdown import data_uri, table
 
 CURVES = ("loss", "unc", "unc_out_in", "unc_out_aug", "unc_pair", "ce", "ce_sel")
 TABLE_KEYS = ("epoch", "stage", "steps", "loss", "unc", "ce", "ce_sel", "selection_rate", "images_per_s")
@@ -70,9 +71,8 @@ def markdown_report(history: list[dict[str, Any]], png: bytes, meta: dict[str, A
     lines = [f"# cgaug-train: {meta.get('out', '')}", "",
              f"- preset: `{meta.get('preset')}`, model: `{meta.get('model')}`, epochs: {len(history)}",
              f"- best validation AP: {meta.get('best_ap')}", f"- final model: `{meta.get('model_path')}`", "",
-             f"![loss curves](data:image/png;base64,{base64.b64encode(png).decode()})", ""]
+             f"![loss curves]({data_uri(png, 'image/png')})", ""]
     if rows:
         keys = list(rows[0])
-        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join("" if row[k] is None else str(row[k]) for k in keys) + " |" for row in rows]
+        lines += table(keys, [[row[k] for k in keys] for row in rows])
     return "\n".join(lines) + "\n"

@@ -144,7 +144,7 @@ def test_two_gpu_workers_never_write_the_same_shard_twice(pool, e2e_source, tmp_
     assert b.start_time < a.end_time, "the two runs did not overlap: the test proved nothing"
     writes = journal(open_root(str(out)))
     assert sorted(writes) == shards and all(len(entries) == 1 for entries in writes.values())
-    assert len({e["producer"]["flow_run"] for entries in writes.values() for e in entries}) <= 2
+    assert {e["producer"]["flow_run"] for entries in writes.values() for e in entries} <= {str(i) for i in ids}
 
 
 def _claim_owner(out: Path) -> dict | None:
