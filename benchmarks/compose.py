@@ -5,7 +5,7 @@ Both sides run in this process on the same labels and object masks:
   compositing (per-class `np.all(colour == rgb)` loop over the Cityscapes
   colour label, road found by colour, margin relaxation over full coordinate
   lists, paste, OOD mask recovered by colour comparison);
-- ours: `cgaug.tasks.compose.compose` (lookup tables, road coordinates once).
+- ours: `cgaug.tasks.generation.compose.compose` (lookup tables, road coordinates once).
 
 Run: `python benchmarks/compose.py [--images N] [--repeats R] [--height H --width W]`.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 from cgaug.config import ComposeConfig
 from cgaug.labels import CITYSCAPES_LABELS, CITYSCAPES_TO_ADE, ade_color
 from cgaug.seeds import stage_rng
-from cgaug.tasks.compose import compose, usable_classes
+from cgaug.tasks.generation.compose import compose, usable_classes
 
 
 def reference_compose(color_label: np.ndarray, mask: np.ndarray, ood_rgb: tuple[int, int, int],

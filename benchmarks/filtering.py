@@ -4,7 +4,7 @@ The filter must not bottleneck generation (target: at most 10% of generation tim
 Both sides run in this process on the same compositions and prompts:
 
 - generation: the ControlNet pipeline (`cgaug.models.generator.generate`) on a batch of compositions;
-- filter: every gate on the generated batch (`cgaug.tasks.filter.judge`), plus each gate alone.
+- filter: every gate on the generated batch (`cgaug.tasks.generation.filter.judge`), plus each gate alone.
 
 Modes:
 - `--smoke`: the tiny generator and tiny filter models on the CPU at 256x512 (seconds; run by the tests);
@@ -26,7 +26,7 @@ from typing import Any
 
 from cgaug.config import CGAugConfig, FilterConfig
 from cgaug.seeds import stage_rng
-from cgaug.tasks.filter import GATES, FilterInput, judge
+from cgaug.tasks.generation.filter import GATES, FilterInput, judge
 
 
 def _compositions(workdir: Path, count: int, height: int, width: int, cfg: CGAugConfig) -> list[tuple]:
@@ -34,8 +34,8 @@ def _compositions(workdir: Path, count: int, height: int, width: int, cfg: CGAug
     from cgaug.storage.bank import ObjectBank
     from cgaug.storage.bank_sources import build_from_folder
     from cgaug.storage.cityscapes import list_sources, read_label_ids
-    from cgaug.tasks.compose import compose, usable_classes
-    from cgaug.tasks.prompts import sample_prompt
+    from cgaug.tasks.generation.compose import compose, usable_classes
+    from cgaug.tasks.generation.prompts import sample_prompt
 
     write_fixtures(workdir / "cs", images=count, height=height, width=width)
     write_fixture_masks(workdir / "masks")
@@ -90,7 +90,7 @@ def _full_size_filters(cfg: FilterConfig, dtype: Any) -> Any:
     )
 
     from cgaug.models.filters import CITYSCAPES_TRAIN_NAMES, ClipScorer, SamMasker, Segmenter, cityscapes_class_map
-    from cgaug.tasks.filter import FilterModels
+    from cgaug.tasks.generation.filter import FilterModels
 
     sam_cfg = SamConfig(vision_config={"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
                                        "global_attn_indexes": [7, 15, 23, 31], "initializer_range": 0.02})

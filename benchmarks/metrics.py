@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from cgaug.tasks.metrics import AnomalyAccumulator, anomaly_metrics
+from cgaug.tasks.evaluation.metrics import AnomalyAccumulator, anomaly_metrics
 
 
 def make_image(kind: str, rng: np.random.Generator, pixels: int) -> tuple[np.ndarray, np.ndarray]:

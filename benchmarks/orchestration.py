@@ -63,7 +63,7 @@ def direct(source: Path, out: Path, cfg: dict) -> dict:
     from cgaug.flows.generate import plan_run
     from cgaug.flows.shard import _generator, generate_shard
     from cgaug.models.tiny import ensure_tiny_model
-    from cgaug.tasks.plan import shards_of
+    from cgaug.tasks.generation.plan import shards_of
 
     config = CGAugConfig.model_validate(cfg)
     ensure_tiny_model()  # build the tiny model's cache first: both sides then only load it

@@ -39,8 +39,8 @@ def measure(source: Path, shards: Path, preset: str, steps: int, workers: int, d
 
     from cgaug.config import load_train_config
     from cgaug.models.uncertainty import build_train_model
-    from cgaug.storage.train_data import PairDataset, make_loader
-    from cgaug.tasks.train_loop import StepRunner, loss_generator, resolve_device
+    from cgaug.tasks.training.dataset import PairDataset, make_loader
+    from cgaug.tasks.training.loop import StepRunner, loss_generator, resolve_device
 
     overrides = {"data": {"anomaly_source": "generated", "num_workers": workers}, "run": {"device": device}}
     if preset != "tiny":

@@ -21,7 +21,7 @@ from cgaug.storage.fs import open_root
 from cgaug.storage.png import encode_png
 from cgaug.storage.schema import empty_row
 from cgaug.storage.shards import write_index, write_shard
-from cgaug.tasks.compose import compose
+from cgaug.tasks.generation.compose import compose
 
 _CACHE: dict[tuple, Path] = {}
 

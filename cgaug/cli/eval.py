@@ -62,7 +62,7 @@ def eval_command(
 
     from cgaug.models.segmenter import CheckpointError
     from cgaug.storage.evalsets import EvalDataError, parse_dataset_spec
-    from cgaug.tasks.evaluate import EvalOptions
+    from cgaug.tasks.evaluation.evaluate import EvalOptions
 
     try:
         for spec in dataset:

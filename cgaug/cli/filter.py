@@ -31,7 +31,7 @@ def calibrate(
 ) -> None:
     """Suggest per-gate thresholds for a target acceptance from the scores in OUT/index.parquet."""
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.calibrate import calibrate_run, write_plots
+    from cgaug.tasks.generation.calibrate import calibrate_run, write_plots
 
     if target_accept <= 0.0:
         raise typer.BadParameter(f"expected a fraction in (0, 1], found {target_accept}",
@@ -80,7 +80,7 @@ def _print_table(result) -> None:
 def stats(out: OutArgument) -> None:
     """Print the filter's record as JSON: accepted, dropped_<reason>, attempts histogram, score quantiles."""
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.filter import filter_stats
+    from cgaug.tasks.generation.filter import filter_stats
 
     try:
         root = open_root(out, create=False)

@@ -76,7 +76,7 @@ def show(
 ) -> None:
     """Render one sample (image, conditioning map, labels with the OOD outline, captions) to a PNG."""
     from cgaug.storage.fs import open_root
-    from cgaug.storage.preview import render_sample
+    from cgaug.tasks.reporting.previews import render_sample
     from cgaug.storage.shards import read_sample
 
     try:

@@ -41,8 +41,8 @@ def train_command(
     """Train a segmenter that generalises to covariate shift and flags semantic shift (method.md, Part 2)."""
     from cgaug.config import ConfigError, load_train_config
     from cgaug.models.segmenter import CheckpointError
-    from cgaug.storage.train_data import TrainDataError
-    from cgaug.tasks.train_loop import RunDirError
+    from cgaug.tasks.training.dataset import TrainDataError
+    from cgaug.tasks.training.loop import RunDirError
 
     if preset == "tiny":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

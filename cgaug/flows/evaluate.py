@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cgaug.tasks.evaluate import EvalOptions
+from cgaug.tasks.evaluation.evaluate import EvalOptions
 
 
 def dataset_names(specs: list[tuple[str, str]]) -> list[str]:
@@ -37,7 +37,7 @@ def artifact_key(name: str) -> str:
 @cache
 def _segmenter(checkpoint: str, device: str):
     from cgaug.models.segmenter import load_segmenter
-    from cgaug.tasks.evaluate import resolve_device
+    from cgaug.tasks.evaluation.evaluate import resolve_device
 
     return load_segmenter(checkpoint, device=str(resolve_device(device)))
 
@@ -46,8 +46,8 @@ def evaluate_one(checkpoint: str, kind: str, root: str, name: str, out: str, opt
     """Evaluate one dataset and write its part of the report; returns its record (no arrays)."""
     from cgaug.storage.evalsets import open_dataset
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.eval_report import write_dataset_report
-    from cgaug.tasks.evaluate import evaluate_dataset
+    from cgaug.tasks.evaluation.report import write_dataset_report
+    from cgaug.tasks.evaluation.evaluate import evaluate_dataset
 
     dataset = open_dataset(kind, root, acdc_root=options.acdc_root, acdc_void=options.acdc_void,
                            ro21_subset=options.ro21_subset)
@@ -58,7 +58,7 @@ def evaluate_one(checkpoint: str, kind: str, root: str, name: str, out: str, opt
 @task(name="evaluate-dataset", task_run_name="eval-{name}")
 def evaluate_dataset_task(checkpoint: str, kind: str, root: str, name: str, out: str,
                           options: EvalOptions) -> dict[str, Any]:
-    from cgaug.tasks.eval_report import artifact_table
+    from cgaug.tasks.evaluation.report import artifact_table
 
     record = evaluate_one(checkpoint, kind, root, name, out, options)
     create_table_artifact(artifact_table(record), key=artifact_key(name),
@@ -71,7 +71,7 @@ def evaluate_dataset_task(checkpoint: str, kind: str, root: str, name: str, out:
 @task(name="eval-report")
 def report_task(out: str, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, str]:
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.eval_report import markdown_summary, write_results
+    from cgaug.tasks.evaluation.report import markdown_summary, write_results
 
     files = write_results(open_root(out), records, meta)
     create_markdown_artifact(markdown_summary(records, meta), key="eval-summary",

@@ -28,7 +28,7 @@ from cgaug.flows.shard import (
     shard_task,
 )
 from cgaug.storage.fs import open_root
-from cgaug.tasks.plan import PlanEntry, extend_plan, plan_to_table, shards_of
+from cgaug.tasks.generation.plan import PlanEntry, extend_plan, plan_to_table, shards_of
 
 __all__ = ["PlanMismatch", "cgaug", "plan_run"]
 
@@ -135,7 +135,7 @@ def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
 
     from cgaug.flows.monitor import Progress, emit_shard_events, publish_run_summary
     from cgaug.storage.reports import read_report
-    from cgaug.tasks.quality import is_low_quality, run_summary_markdown
+    from cgaug.tasks.generation.quality import is_low_quality, run_summary_markdown
 
     config = config or CGAugConfig()
     orch = orchestration or Orchestration()

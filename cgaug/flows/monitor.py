@@ -1,6 +1,6 @@
 """What the Prefect UI shows of a run: quality artifacts, the run summary, progress and events.
 
-Thin wrappers: the content comes from `cgaug.tasks.quality` (pure) and the
+Thin wrappers: the content comes from `cgaug.tasks.generation.quality` (pure) and the
 per-shard reports next to the data; this module only hands it to Prefect.
 
 - table artifact ``cgaug-shard-quality``: one version per produced shard
@@ -20,7 +20,7 @@ import hashlib
 from uuid import UUID
 
 from cgaug.storage.fs import open_root
-from cgaug.tasks.quality import ShardQuality, is_low_quality, quality_table
+from cgaug.tasks.generation.quality import ShardQuality, is_low_quality, quality_table
 
 SHARD_QUALITY_KEY = "cgaug-shard-quality"
 SHARD_PREVIEW_KEY = "cgaug-shard-preview"
@@ -59,7 +59,7 @@ def publish_shard_preview(out: str, shard: int) -> UUID:
     """A few rendered samples of the shard (a rejected one first) as a markdown artifact with inline images."""
     from prefect.artifacts import create_markdown_artifact
 
-    from cgaug.storage.preview import pick_preview_rows, shard_preview_markdown
+    from cgaug.tasks.reporting.previews import pick_preview_rows, shard_preview_markdown
     from cgaug.storage.shards import read_shard_rows
 
     root = open_root(out, create=False)

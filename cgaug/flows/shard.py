@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from cgaug.config import CGAugConfig
 from cgaug.storage.claims import ClaimInfo, try_claim
 from cgaug.storage.fs import open_root
-from cgaug.tasks.plan import PlanEntry, plan_from_table, shards_of
+from cgaug.tasks.generation.plan import PlanEntry, plan_from_table, shards_of
 
 PLAN_FILE = "plan.parquet"
 CONFIG_FILE = "config.json"
@@ -86,7 +86,7 @@ def _judge(config: CGAugConfig):
     if config.filters.mode == "none":
         return None
     from cgaug.models.filters import load_filter_models
-    from cgaug.tasks.filter import make_judge
+    from cgaug.tasks.generation.filter import make_judge
 
     return make_judge(load_filter_models(config.filters), config.filters)
 
@@ -106,8 +106,8 @@ def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_
     a valid shard already on disk is never rewritten either way (`write_shard`).
     """
     from cgaug.storage.shards import write_shard
-    from cgaug.tasks.compose import usable_classes
-    from cgaug.tasks.shard import run_shard
+    from cgaug.tasks.generation.compose import usable_classes
+    from cgaug.tasks.generation.shard import run_shard
 
     root = open_root(out)
     entries = entries if entries is not None else _entries(out, shard_id)

@@ -21,7 +21,7 @@ CURVES_NAME = "loss_curves.png"
 
 
 def _publish_epoch(history: list[dict[str, Any]]):
-    from cgaug.tasks.train_report import metrics_table
+    from cgaug.tasks.training.report import metrics_table
 
     def publish(record: dict[str, Any]) -> None:
         history.append(record)
@@ -39,7 +39,7 @@ def train_stage_task(out: str, stage: int, last_epoch: int, config: TrainConfig 
                      bank: str | None = None) -> dict[str, Any]:
     """Train epochs up to `last_epoch` (the stage's last), resuming from RUN_DIR when it holds a run."""
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.train_loop import CONFIG_NAME, LAST, train
+    from cgaug.tasks.training.loop import CONFIG_NAME, LAST, train
 
     root = open_root(out)
     resume = root.exists(CONFIG_NAME) and root.exists(LAST)
@@ -54,8 +54,8 @@ def train_report_task(out: str, meta: dict[str, Any]) -> dict[str, Any]:
     import json
 
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.train_loop import METRICS_NAME
-    from cgaug.tasks.train_report import loss_curves_png, markdown_report, metrics_table
+    from cgaug.tasks.training.loop import METRICS_NAME
+    from cgaug.tasks.training.report import loss_curves_png, markdown_report, metrics_table
 
     root = open_root(out, create=False)
     history = json.loads(root.read_bytes(METRICS_NAME))
@@ -83,7 +83,7 @@ def cgaug_train(out: str, source: str | None = None, shards: str | None = None, 
     Returns:
         {"out", "model", "best_ap", "epochs", "curves"}.
     """
-    from cgaug.tasks.train_loop import read_run
+    from cgaug.tasks.training.loop import read_run
 
     if resume:
         _, config, inputs = read_run(out)

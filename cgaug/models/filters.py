@@ -39,7 +39,7 @@ from cgaug.config import FilterConfig
 from cgaug.labels import CITYSCAPES_LABELS, NUM_TRAIN_CLASSES
 from cgaug.models.device import pick_device, pick_dtype_name, torch_dtype
 from cgaug.models.generator import ModelNotFound
-from cgaug.tasks.filter import Box, FilterModels, PixelOutput
+from cgaug.tasks.generation.filter import Box, FilterModels, PixelOutput
 
 if TYPE_CHECKING:
     import torch

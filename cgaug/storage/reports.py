@@ -1,7 +1,7 @@
 """Per-shard production reports: ``OUT/reports/shard-00007.json``, written once, right after the shard.
 
 A report is the producer's account of one shard: its quality record
-(`cgaug.tasks.quality.ShardQuality`), how long it took and who made it (flow
+(`cgaug.tasks.generation.quality.ShardQuality`), how long it took and who made it (flow
 run, worker, host). It lives next to the data, not in the orchestrator, so a
 parent run on another machine (or a person, or a later audit) can read what
 a child run did without Prefect result storage. The shard itself stays the
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cgaug.storage.fs import Root
 from cgaug.storage.shards import shard_name
-from cgaug.tasks.quality import QUALITY_COLUMNS, ShardQuality, shard_quality
+from cgaug.tasks.generation.quality import QUALITY_COLUMNS, ShardQuality, shard_quality
 
 REPORTS_DIR = "reports"
 JOURNAL_DIR = "journal"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cgaug.cli.eval import eval_command
 from cgaug.flows.evaluate import artifact_key, cgaug_eval, dataset_names
-from cgaug.tasks.evaluate import EvalOptions
+from cgaug.tasks.evaluation.evaluate import EvalOptions
 
 pytest.importorskip("segmentation_models_pytorch")
 

@@ -18,7 +18,7 @@ from cgaug.seeds import derive_seed
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.shards import verify
-from cgaug.tasks.filter import GATES
+from cgaug.tasks.generation.filter import GATES
 
 ALL_GATES = [g.name for g in GATES]
 
@@ -121,7 +121,7 @@ def test_calibrate_on_the_generated_output(filtered, tmp_path):
 
 @pytest.mark.slow
 def test_a_gate_that_always_rejects_ends_with_nothing_accepted(dataset, tiny_home, tmp_path):
-    """End to end through Prefect (the loop itself: tests/tasks/test_filter.py)."""
+    """End to end through Prefect (the loop itself: tests/tasks/generation/test_filter.py)."""
     out = tmp_path / "out"
     config = filtered_config(max_attempts=2, sam_iou_threshold=1.0, anomaly_gate=False, clip_text_gate=False,
                              clip_object_gate=False, consistency_gate=False)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from cgaug.config import TrainLossConfig, TrainModelConfig  # noqa: E402
 from cgaug.models.segmenter import TINY_CONFIG, CheckpointError, build_tiny_segmenter, energy_score, load_segmenter  # noqa: E402
 from cgaug.models.uncertainty import TRAIN_GROUPS, build_train_model, set_trainable, trainable_names  # noqa: E402
-from cgaug.tasks.losses import training_loss  # noqa: E402
+from cgaug.tasks.training.losses import training_loss  # noqa: E402
 
 X = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
 

@@ -16,7 +16,7 @@ from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.export import OOD_COLOR, color_label, export_cityscapes
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
-from cgaug.storage.preview import CONTOUR_COLOR, OVERLAY_ALPHA, mask_contour, render_sample
+from cgaug.tasks.reporting.previews import CONTOUR_COLOR, OVERLAY_ALPHA, mask_contour, render_sample
 from cgaug.storage.shards import read_sample, write_index, write_shard
 from tests.storage.test_shards import H, W, build_dataset, dataset_rows, make_arrays, make_row
 
@@ -238,7 +238,7 @@ def test_show_png_round_trips(dataset):
 
 
 def test_preview_picks_a_rejected_sample_first_then_kept_ones():
-    from cgaug.storage.preview import pick_preview_rows
+    from cgaug.tasks.reporting.previews import pick_preview_rows
 
     assert pick_preview_rows(["accepted", "rejected", "skipped", "unfiltered", "rejected"], 3) == [1, 0, 3]
     assert pick_preview_rows(["skipped", "skipped"], 3) == []
@@ -259,7 +259,7 @@ def test_read_shard_rows_decodes_only_the_wanted_rows(dataset):
 def test_shard_preview_markdown_inlines_rendered_samples(dataset):
     import base64
 
-    from cgaug.storage.preview import PREVIEW_PANEL_WIDTH, shard_preview_markdown
+    from cgaug.tasks.reporting.previews import PREVIEW_PANEL_WIDTH, shard_preview_markdown
     from cgaug.storage.shards import read_shard_rows
 
     root, _ = dataset

@@ -495,7 +495,7 @@ def test_cli_on_a_missing_root_fails_clearly_and_creates_nothing(tmp_path):
 
 
 def test_storage_modules_never_import_heavy_dependencies():
-    code = ("import sys, cgaug.storage.shards, cgaug.storage.export, cgaug.storage.preview; "
+    code = ("import sys, cgaug.storage.shards, cgaug.storage.export, cgaug.tasks.reporting.previews; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
