@@ -76,8 +76,8 @@ def show(
 ) -> None:
     """Render one sample (image, conditioning map, labels with the OOD outline, captions) to a PNG."""
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.reporting.previews import render_sample
     from cgaug.storage.shards import read_sample
+    from cgaug.tasks.reporting.previews import render_sample
 
     try:
         picture = render_sample(read_sample(open_root(out, create=False), sample), panel_width=panel_width)

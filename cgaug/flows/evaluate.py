@@ -46,8 +46,8 @@ def evaluate_one(checkpoint: str, kind: str, root: str, name: str, out: str, opt
     """Evaluate one dataset and write its part of the report; returns its record (no arrays)."""
     from cgaug.storage.evalsets import open_dataset
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.evaluation.report import write_dataset_report
     from cgaug.tasks.evaluation.evaluate import evaluate_dataset
+    from cgaug.tasks.evaluation.report import write_dataset_report
 
     dataset = open_dataset(kind, root, acdc_root=options.acdc_root, acdc_void=options.acdc_void,
                            ro21_subset=options.ro21_subset)

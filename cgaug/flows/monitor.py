@@ -59,8 +59,8 @@ def publish_shard_preview(out: str, shard: int) -> UUID:
     """A few rendered samples of the shard (a rejected one first) as a markdown artifact with inline images."""
     from prefect.artifacts import create_markdown_artifact
 
-    from cgaug.tasks.reporting.previews import pick_preview_rows, shard_preview_markdown
     from cgaug.storage.shards import read_shard_rows
+    from cgaug.tasks.reporting.previews import pick_preview_rows, shard_preview_markdown
 
     root = open_root(out, create=False)
     verdicts, _ = read_shard_rows(root, shard)

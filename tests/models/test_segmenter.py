@@ -42,7 +42,8 @@ def test_tiny_is_reproducible_and_leaves_the_global_rng_alone(tiny, batch):
     torch.manual_seed(123)
     other = build_tiny_segmenter()
     assert torch.equal(torch.rand(1), before)
-    assert all(torch.equal(a, b) for a, b in zip(other.model.state_dict().values(), tiny.model.state_dict().values(), strict=True))
+    weights = zip(other.model.state_dict().values(), tiny.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)  # the same seed builds the same weights
     torch.testing.assert_close(other.predict(batch)[0], tiny.predict(batch)[0], rtol=0, atol=1e-5)
     assert not torch.allclose(build_tiny_segmenter(seed=1).predict(batch)[0], tiny.predict(batch)[0], atol=1e-3)
 
@@ -52,7 +53,8 @@ def test_save_pretrained_directory_and_state_dict_files_round_trip(tmp_path, tin
     tiny.model.save_pretrained(tmp_path / "pretrained")
     torch.save(tiny.model.state_dict(), tmp_path / "bare.pt")
     for checkpoint in (tmp_path / "pretrained", tmp_path / "bare.pt", "tiny"):
-        torch.testing.assert_close(load_segmenter(checkpoint).predict(batch)[0], reference, rtol=0, atol=1e-5, msg=str(checkpoint))
+        loaded = load_segmenter(checkpoint).predict(batch)[0]
+        torch.testing.assert_close(loaded, reference, rtol=0, atol=1e-5, msg=str(checkpoint))
 
 
 def test_pt_with_config_builds_the_named_architecture(tmp_path, batch):

@@ -16,8 +16,8 @@ from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.export import OOD_COLOR, color_label, export_cityscapes
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
-from cgaug.tasks.reporting.previews import CONTOUR_COLOR, OVERLAY_ALPHA, mask_contour, render_sample
 from cgaug.storage.shards import read_sample, write_index, write_shard
+from cgaug.tasks.reporting.previews import CONTOUR_COLOR, OVERLAY_ALPHA, mask_contour, render_sample
 from tests.storage.test_shards import H, W, build_dataset, dataset_rows, make_arrays, make_row
 
 EXPORTED = {  # sample id -> (split, city, stem) of the rows the default verdicts export
@@ -259,8 +259,8 @@ def test_read_shard_rows_decodes_only_the_wanted_rows(dataset):
 def test_shard_preview_markdown_inlines_rendered_samples(dataset):
     import base64
 
-    from cgaug.tasks.reporting.previews import PREVIEW_PANEL_WIDTH, shard_preview_markdown
     from cgaug.storage.shards import read_shard_rows
+    from cgaug.tasks.reporting.previews import PREVIEW_PANEL_WIDTH, shard_preview_markdown
 
     root, _ = dataset
     _, rows = read_shard_rows(root, 1, [1, 0])  # the rejected row has no images: left out, not an error

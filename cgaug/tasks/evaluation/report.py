@@ -32,10 +32,10 @@ from PIL import Image, ImageDraw, ImageFont
 from cgaug.labels import CITYSCAPES_LABELS
 from cgaug.records import VOID_TRAIN_ID
 from cgaug.storage.fs import Root
-from cgaug.tasks.reporting.previews import wrap_text
 from cgaug.tasks.evaluation.evaluate import DatasetEvaluation, Example
-from cgaug.tasks.reporting.markdown import table
 from cgaug.tasks.evaluation.metrics import FprRule, curve_points
+from cgaug.tasks.reporting.markdown import table
+from cgaug.tasks.reporting.previews import wrap_text
 
 CLASS_NAMES: tuple[str, ...] = tuple(
     label.name for label in sorted((lb for lb in CITYSCAPES_LABELS if lb.train_id != VOID_TRAIN_ID),

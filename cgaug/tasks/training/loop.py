@@ -212,8 +212,8 @@ def _epoch_record(epoch: int, stage: int, sums: dict[str, float], steps: int, im
 def validate(model: UncertaintyModel, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """AUROC / AP / FPR@95 and mIoU on every validation set, keyed ``val/NAME/METRIC``; `val/ap` is their mean AP."""
     from cgaug.models.uncertainty import trained_segmenter
-    from cgaug.tasks.training.dataset import open_validation
     from cgaug.tasks.evaluation.evaluate import EvalOptions, evaluate_dataset
+    from cgaug.tasks.training.dataset import open_validation
 
     segmenter = trained_segmenter(model.export_config() | {"mean": cfg.data.mean, "std": cfg.data.std}, {},
                                   "training", model=model)

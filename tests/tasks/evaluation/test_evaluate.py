@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 
 from cgaug.storage.evalsets import EvalDataset, EvalItem, EvalSample  # noqa: E402
 from cgaug.storage.fs import open_root  # noqa: E402
-from cgaug.tasks.evaluation.report import markdown_summary, write_dataset_report, write_results  # noqa: E402
 from cgaug.tasks.evaluation.evaluate import (  # noqa: E402
     EvalOptions,
     evaluate_dataset,
@@ -21,6 +20,7 @@ from cgaug.tasks.evaluation.evaluate import (  # noqa: E402
     window_positions,
 )
 from cgaug.tasks.evaluation.metrics import anomaly_metrics, segmentation_metrics  # noqa: E402
+from cgaug.tasks.evaluation.report import markdown_summary, write_dataset_report, write_results  # noqa: E402
 
 
 class PixelSegmenter:

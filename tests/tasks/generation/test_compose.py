@@ -7,7 +7,6 @@ from cgaug.config import ComposeConfig
 from cgaug.labels import CITYSCAPES_BY_NAME, ade_palette, label_id_to_train_id_lut
 from cgaug.records import OOD_TRAIN_ID, SampleSkipped
 from cgaug.tasks.generation.compose import compose, conditioning_map, usable_classes
-
 from tests.tasks.conftest import ListBank, ellipse, street
 
 ROAD = CITYSCAPES_BY_NAME["road"].id
