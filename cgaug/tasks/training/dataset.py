@@ -166,20 +166,30 @@ class BankObjects(_Cached):
     The image of an entry is ``{images}/{source_id}``, with the mask's file suffix swapped for
     .jpg/.png when that file is absent: ADE20K source ids are the image files under the release
     folder's parent; a mask folder's are ``class/mask.png``, with the image beside it in a parallel
-    folder. COCO entries record the annotation id, not the image, and are refused.
+    folder. COCO entries record the annotation id, not the image, and are refused. Without `images`,
+    a ``bank_images/`` folder beside the bank file is used when it exists (the layout `cgaug fixtures`
+    writes), so the common case needs no setting.
     """
 
     SUFFIXES = (".jpg", ".jpeg", ".png")
+    BESIDE = "bank_images"
 
     def __init__(self, bank_path: str, images: str | None):
         super().__init__()
+        import fsspec
+
         from cgaug.storage.bank import ObjectBank
 
         self.bank = ObjectBank.open(bank_path)
         if images is None:
-            raise TrainDataError(f"data.bank_images is not set: the anomaly mix needs the source images of the "
-                                 f"objects in {bank_path} (masks alone have no pixels); set it, or use "
-                                 "data.anomaly_source=generated")
+            beside = f"{posixpath.dirname(bank_path.rstrip('/')) or '.'}/{self.BESIDE}"
+            fs, _ = fsspec.core.url_to_fs(beside)
+            if fs.isdir(beside):
+                images = beside
+        if images is None:
+            raise TrainDataError(f"data.bank_images is not set and {bank_path} has no {self.BESIDE}/ folder beside "
+                                 f"it: the anomaly mix needs the source images of the objects in {bank_path} (masks "
+                                 "alone have no pixels); set data.bank_images, or use data.anomaly_source=generated")
         sources = {self.bank.entry(i).source for i in range(len(self.bank))}
         if "coco" in sources:
             raise TrainDataError(f"{bank_path}: COCO entries record annotation ids, not image files, so their "
