@@ -128,6 +128,7 @@ def make_pair(image: np.ndarray, label: np.ndarray, aug_image: np.ndarray, aug_l
         aug_label = np.where(noise, np.uint8(VOID_TRAIN_ID), aug_label)
     pasted = 0
     if obj is not None:
-        label = label.copy()
+        # Copies: the crop can be a view of a decoded (read-only) or caller-owned array.
+        image, label = image.copy(), label.copy()
         pasted = paste_object(image, label, obj[0], obj[1], float(scales[int(rng.integers(len(scales)))]), rng)
     return PairArrays(image, label, aug_image, aug_label, noise, weight, pasted)
