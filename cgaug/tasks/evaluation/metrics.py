@@ -171,12 +171,13 @@ def fpr_at_recall(table: ScoreTable, rule: FprRule = "first", level: float = REC
             if k < recall.size:
                 return float(c.fp[k] / n_neg), float(c.thresholds[k])
             continue
-        end = int(np.searchsorted(c.tp, n_pos, side="left")) + 1  # candidates up to the first TP == P
+        full = int(np.searchsorted(c.tp, n_pos, side="left"))  # the first TP == P, if in this chunk
+        end = min(full + 1, recall.size)  # candidates: this chunk's thresholds down to that one
         distance = np.abs(recall[:end] - level)
         k = end - 1 - int(np.argmin(distance[::-1]))  # the last minimum = first in the reversed order
         if distance[k] <= best[0]:  # later chunks hold later (lower) thresholds: ties go to them
             best = (float(distance[k]), float(c.fp[k] / n_neg), float(c.thresholds[k]))
-        if end <= recall.size and c.tp[end - 1] == n_pos:
+        if full < recall.size:
             break
     return best[1], best[2]
 

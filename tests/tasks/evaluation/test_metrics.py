@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from cgaug.labels import CITYSCAPES_LABELS
+from cgaug.tasks.evaluation import metrics as metrics_module
 from cgaug.tasks.evaluation.metrics import (
+    FPR_RULES,
     AnomalyAccumulator,
     ConfusionMatrix,
     anomaly_metrics,
@@ -102,6 +104,39 @@ def test_fpr95_closest_equals_the_papers_code(seed, levels):
     scores, labels = tied_data(seed, n=5_000, levels=levels)
     s, y = valid(scores, labels)
     assert anomaly_metrics(scores, labels, "closest")["fpr95"] == hendrycks_fpr_at_recall(y, s)
+
+
+def test_fpr95_closest_beyond_one_sweep_chunk_of_distinct_scores():
+    """1.5 M distinct, weakly separated scores: more thresholds than one sweep chunk (2**20), in memory and
+    streamed in chunks, against the sort-based reference over all 1.5 M scores at once."""
+    rng = np.random.default_rng(2024)
+    labels = (rng.random(1_500_000) < 0.2).astype(np.uint8)
+    scores = rng.normal(size=labels.size) + 0.3 * labels  # positives N(0.3, 1), negatives N(0, 1)
+    assert np.unique(scores).size == scores.size > 1 << 20
+    expected = hendrycks_fpr_at_recall(labels, scores)
+    assert anomaly_metrics(scores, labels, "closest")["fpr95"] == expected
+    accumulator = AnomalyAccumulator()
+    for part in np.array_split(np.arange(scores.size), 7):
+        accumulator.update(scores[part], labels[part])
+    assert accumulator.compute("closest")["fpr95"] == expected
+    # Sanity: weak separation puts the 95%-recall point deep in the negatives, far from both ends.
+    assert 0.8 < expected < 0.95
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_metric_is_independent_of_the_sweep_chunk(monkeypatch, chunk, seed):
+    """Tiny sweep chunks put chunk boundaries at every kind of threshold (ties, the recall-1 point)."""
+    scores, labels = tied_data(seed, n=3_000, levels=40)
+    whole = {rule: anomaly_metrics(scores, labels, rule) for rule in FPR_RULES}
+    points = curve_points(*_table(scores, labels))
+    monkeypatch.setattr(metrics_module, "_SWEEP_CHUNK", chunk)
+    s, y = valid(scores, labels)
+    assert anomaly_metrics(scores, labels, "closest")["fpr95"] == hendrycks_fpr_at_recall(y, s)
+    for rule in FPR_RULES:
+        assert anomaly_metrics(scores, labels, rule) == pytest.approx(whole[rule], abs=1e-12)
+    for name, values in curve_points(*_table(scores, labels)).items():
+        np.testing.assert_allclose(values, points[name], atol=1e-15, err_msg=name)
 
 
 def pos_neg(positive_scores: list[float], negative_scores: list[float]):
