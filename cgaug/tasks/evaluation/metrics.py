@@ -510,15 +510,20 @@ class ComponentMetrics:
     """SegmentMeIfYouCan's component-level metrics: mean sIoU (per GT component), mean PPV (per predicted
     component) and mean F1 over sIoU/PPV thresholds 0.25..0.75 (11 steps), counted over the whole dataset.
 
-    Per frame (research/metrics.md 1.2): the prediction is `score > threshold` (strict) with void pixels
-    cleared; components are 8-connected; predicted components under `min_prediction_size` pixels are
-    dropped and GT components under `min_gt_size` pixels become void (SMIYC: 500/100 on the anomaly
-    track, 50/10 on the obstacle track). For a GT component k, with K the union of the predicted
-    components touching it, sIoU = |k & K| / (|K| + |k| - |k & K| - |K on other GT components|), so a
-    prediction covering two neighbouring objects is not punished for the other one. The PPV of a
-    predicted component is the fraction of it on GT components. At threshold t, TP = #GT components with
-    sIoU >= t, FN = the others, FP = #predicted components with PPV < t. SMIYC takes `threshold` as the
-    best-F1 pixel threshold of the same dataset; here it is the caller's choice.
+    Per frame (research/metrics.md 1.2), in the order of SMIYC's `default_instancer`
+    (road-anomaly-benchmark `metrics/instance_segmentation.py`): the prediction is `score > threshold`
+    (strict) with void pixels cleared; GT and predicted components are 8-connected; predicted components
+    under `min_prediction_size` pixels are dropped; then GT components under `min_gt_size` pixels become
+    void and everything is restricted to the remaining non-void pixels (SMIYC: 500/100 on the anomaly
+    track, 50/10 on the obstacle track). The order matters: a prediction's size is taken before it loses
+    its pixels on a voided small object, and a prediction crossing such an object stays one component.
+
+    For a GT component k, with K the union of the predicted components touching it, sIoU = |k & K| /
+    (|K| + |k| - |k & K| - |K on other GT components|), so a prediction covering two neighbouring objects
+    is not punished for the other one. The PPV of a predicted component is the fraction of it on GT
+    components. At threshold t, TP = #GT components with sIoU >= t, FN = the others, FP = #predicted
+    components with PPV < t. SMIYC takes `threshold` as the best-F1 pixel threshold of the same dataset;
+    here it is the caller's choice.
     """
 
     def __init__(self, threshold: float, min_prediction_size: int = 0, min_gt_size: int = 0):
@@ -539,18 +544,18 @@ class ComponentMetrics:
         eight = np.ones((3, 3), dtype=bool)
         roi = labels != 255
         gt, n_gt = ndimage.label(labels == 1, structure=eight)
-        if self.min_gt_size and n_gt:
-            small = np.bincount(gt.ravel(), minlength=n_gt + 1) < self.min_gt_size
-            small[0] = False
-            roi &= ~small[gt]  # small GT components become void
-            gt[small[gt]] = 0
         pred, n_pred = ndimage.label((scores > self.threshold) & roi, structure=eight)
-        pred_size = np.bincount(pred.ravel(), minlength=n_pred + 1)
         if self.min_prediction_size and n_pred:
-            drop = pred_size < self.min_prediction_size
+            drop = np.bincount(pred.ravel(), minlength=n_pred + 1) < self.min_prediction_size
             drop[0] = False
             pred[drop[pred]] = 0
-            pred_size[drop] = 0
+        if self.min_gt_size and n_gt:
+            small = np.bincount(gt.ravel(), minlength=n_gt + 1) < self.min_gt_size
+            small[0] = False  # SMIYC's loop also voids the background if it is that small: not copied
+            roi &= ~small[gt]  # small GT components become void
+            gt[small[gt]] = 0
+            pred[~roi] = 0  # components keep their identity: not split where they crossed a voided object
+        pred_size = np.bincount(pred.ravel(), minlength=n_pred + 1)
         on_gt = np.bincount(pred[gt > 0], minlength=n_pred + 1)  # pixels of each predicted component on GT
         kept = np.flatnonzero(pred_size[1:]) + 1
         self.ppv.extend((on_gt[kept] / pred_size[kept]).tolist())
