@@ -158,7 +158,9 @@ def fpr_at_recall(table: ScoreTable, rule: FprRule = "first", level: float = REC
     first candidate minimising |recall - level| in float64 wins. On tied scores it can pick a recall
     below `level` (|0.9 - 0.95| < |1.0 - 0.95| in float64), and on a horizontal ROC segment it picks the
     largest FP (lowest threshold). Its extra final candidate (recall 1, FP 0) ties with the first
-    recall-1 threshold, which comes first, so it can never win and is left out here.
+    recall-1 threshold, which comes first, so it can never win and is left out here. The candidates are
+    scanned chunk by chunk (`_sweep`), a chunk without the recall-1 threshold contributing all of its
+    thresholds; among equal distances in different chunks the later (lower-threshold) chunk wins.
     """
     n_pos, n_neg = _check_classes(table)
     if rule not in FPR_RULES:
