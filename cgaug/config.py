@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cgaug.labels import OodClassList
+
 ENV_PREFIX = "CGAUG_"
 ENV_NESTED = "__"
 
@@ -96,7 +98,7 @@ class ComposeConfig(_Strict):
     contact_band: float = Field(0.05, gt=0.0, le=1.0)  # bottom fraction of an object that must touch road
     min_road_fraction: float = Field(0.0, ge=0.0, le=1.0)  # of object pixels over road (bottom edge always)
     class_balanced: bool = True  # pick a class uniformly, then an instance of it
-    ood_classes: list[str] | None = None  # restrict the bank to these classes
+    ood_classes: list[str] | OodClassList | None = None  # None: all bank classes; a list; or a named list
     min_object_area_px: int = Field(100, ge=1)  # smaller pasted objects (after clipping) are retried
     max_placement_tries: int = Field(20, ge=1)  # per object and margin level; bounded, recorded when exhausted
     min_road_pixels: int = Field(1, ge=1)  # fewer road pixels than this -> sample skipped (no_road)

@@ -106,12 +106,12 @@ def generate_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_
     a valid shard already on disk is never rewritten either way (`write_shard`).
     """
     from cgaug.storage.shards import write_shard
-    from cgaug.tasks.generation.compose import usable_classes
+    from cgaug.tasks.generation.compose import bank_class_filter, usable_classes
     from cgaug.tasks.generation.shard import run_shard
 
     root = open_root(out)
     entries = entries if entries is not None else _entries(out, shard_id)
-    object_bank = _bank(bank, tuple(config.compose.ood_classes) if config.compose.ood_classes else None)
+    object_bank = _bank(bank, bank_class_filter(config.compose))
     classes = usable_classes(object_bank, config.compose)
     run, settings = _generator(config)
     rows, stats = run_shard(entries, source, object_bank, classes, config, run, settings,
