@@ -10,6 +10,8 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt ".[all]"
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+# A loaded machine starts the temporary Prefect server slowly (default limit: 20 s).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 cgaug="$(pwd)/$VENV/bin/cgaug"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
