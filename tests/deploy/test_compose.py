@@ -235,7 +235,8 @@ def test_server(services: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "env", [STACK_ENV, {**STACK_ENV, "POSTGRES_USER": "cg", "POSTGRES_PASSWORD": "s3cret", "POSTGRES_DB": "orchestration"}]
+    "env",
+    [STACK_ENV, {**STACK_ENV, "POSTGRES_USER": "cg", "POSTGRES_PASSWORD": "s3cret", "POSTGRES_DB": "orchestration"}],
 )
 def test_database_url_matches_postgres(env: dict[str, str]) -> None:
     services = _load(env)["services"]
