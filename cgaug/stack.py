@@ -9,11 +9,12 @@ deploy/automations.yaml and every deployment of deploy/prefect.yaml.
 `cgaug stack down` stops it: workers with SIGINT (they ignore SIGTERM), then
 the server. The end-to-end tests drive the same functions.
 
-The server listens on 127.0.0.1 only. With an auth string (`--auth-string`,
-$CGAUG_STACK_AUTH or $PREFECT_SERVER_API_AUTH_STRING) it also requires HTTP
-basic auth (PREFECT_SERVER_API_AUTH_STRING), and every process the stack starts
-as a client (bootstrap, deploy, workers and so every flow run they start)
-gets PREFECT_API_AUTH_STRING: other local users then cannot start runs either.
+The server listens on 127.0.0.1 only. With an auth string (`cgaug stack up
+--auth-string`, $CGAUG_STACK_AUTH or $PREFECT_SERVER_API_AUTH_STRING) it also
+requires HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING), and every process
+the stack starts as a client (bootstrap, deploy, workers and so every flow run
+they start) gets PREFECT_API_AUTH_STRING: other local users then cannot start
+runs either.
 
 Everything the stack starts is a process group of its own, recorded in
 ``STATE/stack.json``, with its log in ``STATE/logs/``.
@@ -96,8 +97,8 @@ def free_port() -> int:
 def resolve_auth(auth_string: str | None = None) -> str | None:
     """The stack's basic-auth string: the one given, else $CGAUG_STACK_AUTH, else $PREFECT_SERVER_API_AUTH_STRING.
 
-    Both variables count so that a server variable exported for compose protects `cgaug stack up` too,
-    instead of locking out its own unauthenticated workers.
+    What `cgaug stack up` uses. Both variables count so that a server variable exported for compose
+    protects `cgaug stack up` too, instead of reaching the server alone and locking out its workers.
     """
     for candidate in (auth_string, *(os.environ.get(name) for name in AUTH_ENV)):
         if candidate:
@@ -354,8 +355,11 @@ def up(state_dir: str | Path, *, port: int | None = None, database_url: str | No
     """Start the server, bootstrap it and start the CPU worker and one GPU-pool worker per GPU.
 
     `gpus`: the GPU ids to start workers for (default: every visible GPU); without any, `cpu_workers`
-    GPU-pool workers run on the CPU (the tiny generator's stand-in for a GPU pool). `auth_string`
-    (default: `resolve_auth()`): the server requires it, and the stack's clients send it.
+    GPU-pool workers run on the CPU (the tiny generator's stand-in for a GPU pool). `auth_string`: the
+    server requires it and the stack's clients send it; without one the server is open (to local users:
+    it listens on 127.0.0.1). The environment is not consulted here (the CLI does, `resolve_auth`), so
+    that callers which talk to the stack without credentials (tests, benchmarks, the demo) keep working
+    in a shell that has CGAUG_STACK_AUTH set.
     """
     state_path = Path(state_dir).resolve()
     state_path.mkdir(parents=True, exist_ok=True)
@@ -365,7 +369,6 @@ def up(state_dir: str | Path, *, port: int | None = None, database_url: str | No
                          "stop it with `cgaug stack down` first")
     project = project or project_dir()
     port = port or free_port()
-    auth_string = resolve_auth(auth_string)
     server, api_url = start_server(state_path, port, database_url, auth_string=auth_string)
     state = StackState(api_url, api_url.removesuffix("/api"), str(state_path), {"server": server.pid},
                        auth=bool(auth_string))

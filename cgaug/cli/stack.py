@@ -47,7 +47,7 @@ def up(
     try:
         started = stack.up(state, port=port, database_url=database_url, project=project, data_root=data_root,
                            gpus=None if gpus is None else [g for g in gpus.split(",") if g],
-                           auth_string=auth_string)
+                           auth_string=stack.resolve_auth(auth_string))
     except stack.StackError as error:
         raise _fail(error) from error
     login = "             export PREFECT_API_AUTH_STRING=<the auth string>  (the UI asks for it)\n"

@@ -85,12 +85,9 @@ def _up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> tupl
     return started, bootstrapped
 
 
-@pytest.mark.parametrize("source", ["argument", "CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING"])
 def test_up_gives_the_server_its_auth_string_and_every_client_the_same(
-        spawned: Spawned, clean_env: pytest.MonkeyPatch, tmp_path: Path, source: str) -> None:
-    if source != "argument":
-        clean_env.setenv(source, AUTH)
-    started, [bootstrap_args] = _up(tmp_path, clean_env, **({"auth_string": AUTH} if source == "argument" else {}))
+        spawned: Spawned, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    started, [bootstrap_args] = _up(tmp_path, clean_env, auth_string=AUTH)
 
     server_args, server_env = spawned.calls["server"]
     assert server_env["PREFECT_SERVER_API_AUTH_STRING"] == AUTH
@@ -105,10 +102,14 @@ def test_up_gives_the_server_its_auth_string_and_every_client_the_same(
     assert AUTH not in (Path(started.state_dir) / stack.STATE_FILE).read_text()
 
 
-def test_up_without_auth_string_leaves_the_server_open_and_an_empty_variable_off(
-        spawned: Spawned, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """An inherited empty PREFECT_SERVER_API_AUTH_STRING would turn auth on with "" as the password."""
-    clean_env.setenv("PREFECT_SERVER_API_AUTH_STRING", "")
+@pytest.mark.parametrize("inherited", ["", "b:2"])
+def test_up_without_auth_string_leaves_the_server_open_whatever_it_inherits(
+        spawned: Spawned, clean_env: pytest.MonkeyPatch, tmp_path: Path, inherited: str) -> None:
+    """The server and its workers agree: an inherited server string alone would lock the workers out
+    (and an empty one would turn auth on with "" as the password). Only the CLI reads the environment.
+    """
+    clean_env.setenv("PREFECT_SERVER_API_AUTH_STRING", inherited)
+    clean_env.setenv("CGAUG_STACK_AUTH", inherited)
     started, [bootstrap_args] = _up(tmp_path, clean_env)
     _, server_env = spawned.calls["server"]
     assert "PREFECT_SERVER_API_AUTH_STRING" not in server_env
@@ -116,8 +117,9 @@ def test_up_without_auth_string_leaves_the_server_open_and_an_empty_variable_off
     assert all("PREFECT_API_AUTH_STRING" not in env for _, env in spawned.calls.values())
 
 
-def test_cli_up_passes_the_auth_string_and_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["--auth-string", "CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING"])
+def test_cli_up_passes_the_auth_string_and_says_how_to_log_in(clean_env: pytest.MonkeyPatch, tmp_path: Path,
+                                                              source: str) -> None:
     seen: dict[str, Any] = {}
 
     def fake_up(state: Path, **options: Any) -> stack.StackState:
@@ -125,8 +127,10 @@ def test_cli_up_passes_the_auth_string_and_says_how_to_log_in(monkeypatch: pytes
         return stack.StackState("http://127.0.0.1:4200/api", "http://127.0.0.1:4200", str(state), {},
                                 auth=bool(options["auth_string"]))
 
-    monkeypatch.setattr(stack, "up", fake_up)
-    result = CliRunner().invoke(app, ["up", "--state", str(tmp_path), "--auth-string", AUTH])
+    clean_env.setattr(stack, "up", fake_up)
+    option = [source, AUTH] if source.startswith("--") else []
+    result = CliRunner().invoke(app, ["up", "--state", str(tmp_path), *option],
+                                env={} if option else {source: AUTH})
     assert result.exit_code == 0, result.output
     assert seen["auth_string"] == AUTH
     assert "PREFECT_API_AUTH_STRING" in result.output and AUTH not in result.output
