@@ -45,7 +45,7 @@ POOLS_DIR = "deploy/pools"
 STATE_FILE = "stack.json"
 DEFAULT_DATA_ROOT = "/data"  # the shared volume of docker-compose.yml
 SERVER_START_TIMEOUT_S = 120.0
-AUTH_ENV = ("CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING")  # where `up` looks when not given one
+AUTH_ENV = ("CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING")  # where `cgaug stack up` looks (resolve_auth)
 WORKER_STOP_TIMEOUT_S = 20.0
 
 
