@@ -41,7 +41,7 @@ LIGHTS: dict[str, Light] = {
     "clear": Light(1.0, 1.08, 1.08, (1.03, 1.0, 0.96), 0.006, (0.75, 0.83, 0.92)),
     "cloudy": Light(0.85, 0.72, 0.8, (0.97, 0.99, 1.03), 0.015, (0.76, 0.78, 0.8)),
     "rainy": Light(0.6, 0.6, 0.85, (0.95, 0.98, 1.05), 0.03, (0.52, 0.54, 0.57)),
-    "foggy": Light(0.9, 0.7, 0.9, (1.0, 1.0, 1.0), 0.22, (0.8, 0.81, 0.82)),
+    "foggy": Light(0.95, 0.8, 0.95, (1.0, 1.0, 1.0), 0.22, (0.8, 0.81, 0.82)),
     "snowy": Light(1.0, 0.8, 0.95, (0.96, 0.99, 1.05), 0.035, (0.86, 0.87, 0.9)),
 }
 NIGHT_EXPOSURE = 0.13
@@ -224,7 +224,7 @@ def _haze(f: Frame, image: np.ndarray, light: Light, sky: np.ndarray) -> np.ndar
     nearness = f.depth(ground_row.astype(np.float32))
     # what stands at the image's sides is near the camera, whatever row it stands on (facades, trees)
     side = np.abs(np.arange(w, dtype=np.float32) - np.float32(w / 2)) / np.float32(w / 2)
-    nearness = np.where(ground, nearness, np.maximum(nearness, np.float32(0.9) * side))
+    nearness = np.where(ground, nearness, np.maximum(nearness, np.float32(0.9) * side * side))
     distance = 1.0 / nearness
     amount = 1.0 - np.exp(-np.float32(light.haze) * distance)
     if f.weather == "foggy":

@@ -108,10 +108,12 @@ def ood_look(index: int) -> OodLook:
     """Fixed per ADE class index: saturated and mid-bright, so it never reads as grey asphalt."""
     rng = np.random.default_rng([0x00D, index])
     hue = float(rng.random())
-    sat = float(rng.uniform(0.55, 0.95))
-    val = float(rng.uniform(0.55, 0.9))
+    sat = float(rng.uniform(0.6, 0.95))
+    val = float(rng.uniform(0.7, 0.95))
     base = colorsys.hsv_to_rgb(hue, sat, val)
-    accent_hue = (hue + rng.uniform(0.25, 0.75)) % 1.0
-    accent = colorsys.hsv_to_rgb(accent_hue, float(rng.uniform(0.3, 0.9)), float(rng.uniform(0.2, 0.95)))
+    # the accent is a paler shade of the base's hue family, so the object's mean colour keeps the hue
+    # and the brightness (complementary or dark accents would average towards the grey of the road)
+    accent_hue = (hue + rng.uniform(-0.1, 0.1)) % 1.0
+    accent = colorsys.hsv_to_rgb(accent_hue, sat * float(rng.uniform(0.2, 0.45)), min(1.0, val * 1.1))
     return OodLook(base, accent, PATTERNS[index % len(PATTERNS)], float(rng.uniform(2.5, 7.0)),
                    float(rng.uniform(0, np.pi)))

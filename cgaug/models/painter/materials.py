@@ -23,8 +23,6 @@ from cgaug.models.painter.geometry import upsample
 
 Material = Callable[[Frame, np.ndarray, int], None]
 
-CAR_PAINTS = np.asarray([(0.85, 0.85, 0.84), (0.08, 0.08, 0.1), (0.62, 0.63, 0.66), (0.6, 0.08, 0.08),
-                         (0.12, 0.2, 0.45), (0.3, 0.32, 0.35), (0.15, 0.3, 0.2), (0.7, 0.62, 0.5)], np.float32)
 BUS_PAINTS = np.asarray([(0.85, 0.75, 0.1), (0.75, 0.12, 0.1), (0.9, 0.9, 0.88), (0.1, 0.35, 0.6)], np.float32)
 CLOTHES = np.asarray([(0.15, 0.15, 0.22), (0.55, 0.1, 0.15), (0.75, 0.72, 0.6), (0.22, 0.35, 0.22),
                       (0.85, 0.85, 0.85), (0.2, 0.3, 0.55), (0.6, 0.4, 0.2)], np.float32)
@@ -116,10 +114,10 @@ def _sidewalk(f: Frame, idx: np.ndarray, ci: int) -> None:
     # slabs on the ground plane: depth ~ 1/t, lateral ~ (x - centre) / t
     gz = 1.2 / t
     gx = (x - f.width / 2) / (t * f.height) * 6.0
-    seam = (_frac(gz) < 0.07 + 0.02 / t) | (_frac(gx) < 0.06)
+    seam = (_frac(gz) < 0.05 + 0.01 / t) | (_frac(gx) < 0.05)
     slab = hash01(np.floor(gz), np.floor(gx), f.seed)
     shade = (0.9 + 0.12 * slab) * (0.92 + 0.12 * f.coarse[idx]) * (0.94 + 0.1 * f.grain[idx])
-    shade = np.where(seam & (y > f.horizon + 2), shade * 0.72, shade)
+    shade = np.where(seam & (y > f.horizon + 2), shade * 0.8, shade)
     f.flat_albedo[idx] = base * shade[:, None]
 
 
@@ -131,14 +129,13 @@ def _terrain(f: Frame, idx: np.ndarray, ci: int) -> None:
 
 
 def _vegetation(f: Frame, idx: np.ndarray, ci: int) -> None:
-    y, x = _coords(f, idx)
     up, down, left, right = _run(f, idx)
     base = _jitter(f, 5, f.style.foliage, 0.08)
     yellow = np.float32([0.45, 0.5, 0.15])
     color = _mix(np.broadcast_to(base, (idx.size, 3)), yellow, 0.5 * f.coarse[idx] ** 2)
     # clumps of leaves: mid noise in clusters, fine grain for single leaves, light from above
-    top_light = 1.15 - 0.35 * np.clip(up / (up + down + 1), 0, 1)
-    leaves = (0.55 + 0.55 * f.mid[idx] ** 1.5) * (0.7 + 0.5 * f.grain[idx]) * top_light
+    top_light = 1.12 - 0.3 * np.clip(up / (up + down + 1), 0, 1)
+    leaves = (0.72 + 0.45 * f.mid[idx] ** 1.5) * (0.78 + 0.4 * f.grain[idx]) * top_light
     color = color * leaves[:, None]
     width = left + right + 1
     trunk = (width < max(3, 0.02 * f.width)) & (up + down + 1 > 3 * width)
@@ -151,7 +148,7 @@ def _vegetation(f: Frame, idx: np.ndarray, ci: int) -> None:
 
 
 def _building(f: Frame, idx: np.ndarray, ci: int) -> None:
-    y, x = _coords(f, idx)
+    _, x = _coords(f, idx)
     up, down, _, _ = _run(f, idx)
     rng = f.rng(6)
     edges = np.cumsum(rng.uniform(0.04, 0.14, 64) * f.width)
@@ -167,7 +164,7 @@ def _building(f: Frame, idx: np.ndarray, ci: int) -> None:
     period_x = period_y * rng.uniform(0.7, 1.1, n).astype(np.float32)[facade]
     lx = _frac((x - left_edge) / period_x)
     ly = _frac(up / period_y)
-    window = (lx > 0.28) & (lx < 0.72) & (ly > 0.3) & (ly < 0.78) & (up > 0.6 * period_y)
+    window = (lx > 0.3) & (lx < 0.7) & (ly > 0.32) & (ly < 0.74) & (up > 0.6 * period_y)
     shop = down < 1.1 * period_y
     window &= ~shop
     side = np.where(x < road_x, np.float32(1.0), np.float32(0.86))  # one side in the sun
@@ -175,9 +172,10 @@ def _building(f: Frame, idx: np.ndarray, ci: int) -> None:
     shade = np.where(up < max(1.0, 0.012 * f.height), shade * 0.7, shade)  # cornice
     color = colors[facade] * shade[:, None]
     cell = hash01(facade, np.floor((x - left_edge) / period_x), np.floor(up / period_y), f.seed)
-    glass = np.float32(f.style.window) * (0.8 + 0.6 * cell)[:, None] * (1.1 - 0.3 * ly)[:, None]
+    # glass mirrors the facade opposite and the sky: darker than the wall, but of the wall's family
+    glass = (color * 0.62 + np.float32(f.style.window) * 0.3) * ((0.85 + 0.4 * cell) * (1.1 - 0.3 * ly))[:, None]
     color[window] = glass[window]
-    color[shop] = np.where((lx[shop] > 0.1)[:, None], color[shop] * 0.55, color[shop])
+    color[shop] = np.where((lx[shop] > 0.15)[:, None], color[shop] * 0.7, color[shop])
     f.flat_albedo[idx] = color
     if f.night:
         lit = window & (cell > 0.6)
@@ -201,7 +199,7 @@ def _wall(f: Frame, idx: np.ndarray, ci: int) -> None:
 
 
 def _fence(f: Frame, idx: np.ndarray, ci: int) -> None:
-    y, x = _coords(f, idx)
+    _, x = _coords(f, idx)
     up, down, _, _ = _run(f, idx)
     rng = f.rng(8)
     metal = rng.random() < 0.5
@@ -221,7 +219,7 @@ def _concrete(f: Frame, idx: np.ndarray, ci: int) -> None:
 
 
 def _pole(f: Frame, idx: np.ndarray, ci: int) -> None:
-    up, down, left, right = _run(f, idx)
+    _, _, left, right = _run(f, idx)
     base = _jitter(f, 11, (0.42, 0.43, 0.45), 0.06)
     u = (left + 0.5) / (left + right + 1)
     shade = 0.55 + 0.6 * np.sin(np.pi * u) * (0.95 + 0.1 * f.grain[idx])
@@ -264,7 +262,7 @@ def _car(f: Frame, idx: np.ndarray, ci: int) -> None:
     u, v, inst, _ = _local(f, idx, y, x)
     bus = ci == class_index("bus")
     key = hash01(inst, f.seed, 14)
-    body = _pick(BUS_PAINTS if bus else CAR_PAINTS, key)
+    body = _pick(BUS_PAINTS if bus else np.asarray(f.style.cars, np.float32), key)
     body = body * (0.95 + 0.1 * hash01(inst, f.seed, 15))[:, None]
     highlight = 1.0 + 0.25 * np.exp(-(((v - 0.55) / 0.08) ** 2)) - 0.25 * v
     color = body * highlight[:, None]
@@ -340,7 +338,7 @@ def _clouds(f: Frame, rows: int) -> np.ndarray:
 
 _SKIES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float], float]] = {
     # top, horizon, cloud colour, cloud cover
-    "clear": ((0.22, 0.45, 0.8), (0.72, 0.82, 0.92), (0.97, 0.97, 0.98), 0.25),
+    "clear": ((0.22, 0.45, 0.8), (0.72, 0.82, 0.92), (0.93, 0.95, 0.98), 0.12),
     "cloudy": ((0.55, 0.58, 0.63), (0.75, 0.77, 0.8), (0.82, 0.83, 0.85), 0.85),
     "rainy": ((0.32, 0.34, 0.38), (0.5, 0.52, 0.55), (0.42, 0.43, 0.46), 0.95),
     "snowy": ((0.7, 0.72, 0.76), (0.86, 0.87, 0.9), (0.9, 0.9, 0.92), 0.9),

@@ -67,6 +67,7 @@ class PlaceStyle:
     grass: tuple[float, float, float]
     window: tuple[float, float, float]
     window_period: float  # window spacing as a fraction of the image height
+    cars: tuple[tuple[float, float, float], ...]  # body colours: one family per city, like its taxis
 
 
 def _rgb(*colors: tuple[int, int, int]) -> tuple[tuple[float, float, float], ...]:
@@ -75,32 +76,40 @@ def _rgb(*colors: tuple[int, int, int]) -> tuple[tuple[float, float, float], ...
 
 def _style(name: str, facades: tuple[tuple[int, int, int], ...], road: tuple[int, int, int],
            sidewalk: tuple[int, int, int], foliage: tuple[int, int, int], grass: tuple[int, int, int],
-           window: tuple[int, int, int], window_period: float) -> PlaceStyle:
+           window: tuple[int, int, int], window_period: float, cars: tuple[tuple[int, int, int], ...]
+           ) -> PlaceStyle:
     r, s, f, g, w = _rgb(road, sidewalk, foliage, grass, window)
-    return PlaceStyle(name, _rgb(*facades), r, s, f, g, w, window_period)
+    return PlaceStyle(name, _rgb(*facades), r, s, f, g, w, window_period, _rgb(*cars))
 
 
-DEFAULT_STYLE = _style("european", ((205, 190, 160), (225, 205, 170), (180, 120, 95), (235, 225, 200)),
-                       (78, 78, 82), (168, 160, 150), (60, 105, 40), (110, 150, 70), (50, 60, 75), 0.055)
+RED_CARS = ((155, 25, 25), (180, 40, 30), (130, 20, 28), (190, 60, 40))
+BLUE_CARS = ((30, 55, 130), (45, 75, 155), (25, 45, 105), (60, 90, 165))
+YELLOW_CARS = ((215, 165, 25), (230, 180, 40), (205, 140, 20), (240, 190, 55))
+
+DEFAULT_STYLE = _style("european", ((215, 190, 140), (205, 180, 135), (225, 200, 150), (200, 170, 125)),
+                       (76, 76, 80), (160, 160, 165), (60, 105, 40), (110, 150, 70), (50, 60, 75), 0.055, RED_CARS)
 """The base template's look: a Cityscapes-like German street."""
 
+# Within a style, road (dark neutral), sidewalk (light neutral), facades (one family of colours, hued or
+# much brighter) and cars (one family, unlike the facades) stay apart in colour, so that the painted
+# classes remain separable: a segmenter can learn them, and so nearly can a nearest-mean classifier.
 PLACE_STYLES: tuple[PlaceStyle, ...] = (
-    _style("brick", ((150, 70, 50), (170, 95, 70), (125, 60, 45), (190, 140, 110)),
-           (72, 70, 72), (160, 150, 145), (55, 100, 45), (100, 145, 65), (40, 45, 55), 0.06),
-    _style("glass towers", ((95, 125, 150), (140, 165, 185), (70, 95, 125), (170, 190, 205)),
-           (70, 72, 78), (185, 185, 180), (50, 110, 55), (95, 155, 75), (30, 50, 75), 0.035),
-    _style("mediterranean", ((235, 210, 165), (230, 185, 150), (215, 200, 175), (245, 235, 210)),
-           (88, 84, 80), (200, 185, 160), (75, 105, 50), (140, 150, 80), (70, 60, 50), 0.07),
-    _style("desert", ((215, 180, 125), (195, 160, 110), (230, 210, 165), (180, 140, 95)),
-           (95, 88, 80), (205, 190, 160), (95, 115, 60), (165, 150, 90), (60, 55, 50), 0.06),
-    _style("tropical", ((240, 175, 120), (110, 185, 200), (235, 225, 140), (215, 120, 120)),
-           (75, 75, 78), (190, 180, 170), (30, 110, 45), (70, 160, 60), (40, 55, 60), 0.06),
-    _style("northern stone", ((110, 100, 90), (140, 125, 110), (90, 88, 92), (160, 150, 130)),
-           (62, 62, 66), (140, 138, 135), (45, 85, 45), (85, 125, 65), (35, 40, 45), 0.055),
-    _style("white modern", ((240, 240, 235), (215, 220, 225), (200, 195, 185), (230, 225, 215)),
-           (80, 80, 85), (195, 195, 195), (60, 120, 55), (100, 165, 80), (45, 60, 80), 0.045),
-    _style("painted", ((205, 95, 85), (95, 150, 110), (225, 190, 90), (110, 130, 185)),
-           (82, 78, 76), (175, 165, 150), (65, 115, 45), (120, 160, 70), (45, 45, 50), 0.065),
+    _style("brick", ((150, 70, 50), (165, 85, 60), (140, 65, 48), (170, 90, 65)),
+           (72, 70, 72), (165, 165, 165), (55, 100, 45), (100, 145, 65), (40, 45, 55), 0.06, BLUE_CARS),
+    _style("glass towers", ((100, 135, 170), (120, 150, 180), (90, 125, 160), (130, 160, 190)),
+           (70, 72, 76), (185, 182, 175), (50, 110, 55), (95, 155, 75), (30, 50, 75), 0.035, YELLOW_CARS),
+    _style("mediterranean", ((235, 205, 150), (230, 195, 145), (240, 215, 165), (225, 200, 150)),
+           (88, 84, 80), (165, 165, 170), (75, 105, 50), (140, 150, 80), (70, 60, 50), 0.07, BLUE_CARS),
+    _style("desert", ((215, 175, 115), (205, 165, 110), (225, 185, 125), (200, 160, 105)),
+           (95, 90, 86), (160, 158, 158), (95, 115, 60), (165, 150, 90), (60, 55, 50), 0.06, RED_CARS),
+    _style("tropical", ((240, 190, 140), (235, 175, 130), (245, 205, 150), (230, 180, 150)),
+           (75, 75, 78), (170, 170, 172), (30, 110, 45), (70, 160, 60), (40, 55, 60), 0.06, BLUE_CARS),
+    _style("northern stone", ((130, 95, 70), (140, 105, 80), (120, 88, 66), (150, 112, 85)),
+           (62, 62, 66), (155, 155, 158), (45, 85, 45), (85, 125, 65), (35, 40, 45), 0.055, BLUE_CARS),
+    _style("white modern", ((240, 238, 230), (228, 232, 238), (238, 228, 205), (232, 232, 226)),
+           (80, 80, 85), (160, 160, 162), (60, 120, 55), (100, 165, 80), (45, 60, 80), 0.045, RED_CARS),
+    _style("painted", ((95, 150, 130), (105, 160, 140), (85, 140, 125), (110, 165, 150)),
+           (82, 78, 76), (168, 168, 170), (65, 115, 45), (120, 160, 70), (45, 45, 50), 0.065, RED_CARS),
 )
 
 
