@@ -2,7 +2,8 @@
 
 Order, as in the reference's dataset: mixup of the original into the augmented image at full
 resolution (weight p = min(U(0, 1), mixup_max), labels untouched: the augmented label stays), then
-the same random crop and horizontal flip on both images, then the anomaly mix: one OOD object
+the same random crop and horizontal flip on both images (the reference's DeepLab recipe crops
+without flipping: `flip_probability: 0`), then the anomaly mix: one OOD object
 with pixels pasted into the cropped original at a random scale and position, its pixels labelled
 254. The reference pastes objects anywhere in the crop, not only on road (the generation stage's
 placement in `cgaug.tasks.generation.compose` keeps objects on road because the generator must render them
