@@ -98,8 +98,16 @@ def read_yaml_sections(path: str | Path | None) -> dict[str, Any]:
     return loaded
 
 
-def validate_layers(model: type[ModelT], data: dict[str, Any], what: str, origin: str) -> ModelT:
-    """The merged layers as a validated `model`, or a ConfigError saying `what` failed and `origin`."""
+def layered(model: type[ModelT], layers: list[Mapping[str, Any]], what: str, origin: str) -> ModelT:
+    """`layers` merged, lowest first, and validated as `model`.
+
+    Raises:
+        ConfigError: an unknown key or invalid value, saying `what` failed and `origin` (where the layers
+            came from).
+    """
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = deep_merge(data, layer)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

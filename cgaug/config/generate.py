@@ -18,15 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cgaug.config.base import (
-    TRAIN_ENV_SECTION,
-    StrictModel,
-    deep_merge,
-    drop_none,
-    env_layer,
-    read_yaml_sections,
-    validate_layers,
-)
+from cgaug.config.base import TRAIN_ENV_SECTION, StrictModel, drop_none, env_layer, layered, read_yaml_sections
 
 REFERENCE_PLACES: tuple[str, ...] = (
     "New York City", "Tokyo", "The Bay Area", "London", "Singapore", "Los Angeles", "Hong Kong", "Beijing",
@@ -308,9 +300,6 @@ def load_config(
     Raises:
         ConfigError: unreadable file, unknown key or invalid value, naming where it came from.
     """
-    data = read_yaml_sections(path)
     env = {k: v for k, v in env_layer(environ).items() if k != TRAIN_ENV_SECTION}  # training has its own tree
-    data = deep_merge(data, env)
-    data = deep_merge(data, drop_none(overrides or {}))
     origin = f"config file {path}, CGAUG_* environment or flags" if path else "CGAUG_* environment or flags"
-    return validate_layers(CGAugConfig, data, "configuration", origin)
+    return layered(CGAugConfig, [read_yaml_sections(path), env, drop_none(overrides or {})], "configuration", origin)

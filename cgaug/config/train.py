@@ -15,17 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from cgaug.config.base import (
-    ENV_PREFIX,
-    TRAIN_ENV_SECTION,
-    ConfigError,
-    StrictModel,
-    deep_merge,
-    drop_none,
-    env_layer,
-    read_yaml_sections,
-    validate_layers,
-)
+from cgaug.config import base
+from cgaug.config.base import ConfigError, StrictModel
 
 
 class TrainDataConfig(StrictModel):
@@ -178,18 +169,16 @@ def load_train_config(
     Raises:
         ConfigError: unreadable file, unknown preset or key, or invalid value, naming where it came from.
     """
-    data = read_yaml_sections(path)
-    env = env_layer(environ).get(TRAIN_ENV_SECTION, {})
+    data = base.read_yaml_sections(path)
+    env = base.env_layer(environ).get(base.TRAIN_ENV_SECTION, {})
     if not isinstance(env, dict):
-        raise ConfigError(f"environment: {ENV_PREFIX}{TRAIN_ENV_SECTION.upper()} must name a section")
-    name = preset or drop_none(overrides or {}).get("preset") or env.get("preset") or data.get("preset") \
-        or "deeplab"
+        raise ConfigError(f"environment: {base.ENV_PREFIX}{base.TRAIN_ENV_SECTION.upper()} must name a section")
+    flags = base.drop_none(overrides or {})
+    name = preset or flags.get("preset") or env.get("preset") or data.get("preset") or "deeplab"
     if name not in TRAIN_PRESETS:
         raise ConfigError(f"unknown training preset {name!r}; expected one of {', '.join(TRAIN_PRESETS)}")
-    merged = deep_merge(json.loads(json.dumps(TRAIN_PRESETS[name])), data)
-    merged = deep_merge(merged, env)
-    merged = deep_merge(merged, drop_none(overrides or {}))
-    merged["preset"] = name
+    defaults = json.loads(json.dumps(TRAIN_PRESETS[name]))
     origin = f"config file {path}, CGAUG_TRAIN__* environment or flags" if path else \
         "preset, CGAUG_TRAIN__* environment or flags"
-    return validate_layers(TrainConfig, merged, "training configuration", origin)
+    return base.layered(TrainConfig, [defaults, data, env, flags, {"preset": name}], "training configuration",
+                        origin)
