@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cgaug.config import CGAugConfig, ConfigError, Orchestration, load_config
+from cgaug.config import CGAugConfig, ConfigError, load_config
 
 PREVIOUS_OUT = Path(__file__).resolve().parents[1] / "data" / "previous_main" / "OUT"
 
@@ -56,14 +56,6 @@ def test_fingerprint_of_an_existing_output_is_unchanged():
     assert CGAugConfig.model_validate(record["config"]).output_fingerprint() == record["config_fingerprint"]
     manifest = json.loads((PREVIOUS_OUT / "manifest.json").read_text())
     assert CGAugConfig.model_validate(manifest["config"]).output_fingerprint() == manifest["config_fingerprint"]
-
-
-def test_orchestration_is_not_part_of_the_generation_tree():
-    """How shards are scheduled never changes a sample, so it cannot reach the fingerprint."""
-    assert "orchestration" not in CGAugConfig.model_fields
-    with pytest.raises(ConfigError, match="orchestration"):
-        load_config(overrides={"orchestration": {"in_process": False}}, environ={})
-    assert Orchestration(in_process=False).in_process is False
 
 
 def test_training_environment_is_left_to_the_training_tree():
