@@ -23,6 +23,6 @@ set -x
 "$cgaug" shards verify OUT
 "$cgaug" filter calibrate OUT --target-accept 0.7
 "$cgaug" train --source DATA --shards OUT --out RUN --preset tiny --max-steps 2
-"$cgaug" eval --checkpoint RUN/model.pt --dataset cityscapes_val=DATA --out REPORT --limit 2
+"$cgaug" eval --checkpoint RUN/model.pt --dataset cityscapes=DATA --out REPORT --limit 2
 set +x
 echo "production extras: generate -> calibrate -> train -> eval passed"
