@@ -36,11 +36,26 @@ def _data(tmp: Path, images: int, size: tuple[int, int] = SMALL_SIZE, variants: 
     from cgaug.storage.bank_sources import build_from_folder
     from tests.train_helpers import write_fake_shards
 
-    source = tmp / f"cityscapes-{size[0]}x{size[1]}"
+    source = tmp / "cityscapes"
     write_fixtures(source, images=images, seed=0, height=size[0], width=size[1])
     write_fixture_masks(source / "bank_masks", seed=0)
     build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
-    return source, write_fake_shards(source, tmp / f"shards-{size[0]}x{size[1]}", variants=variants)
+    return source, write_fake_shards(source, tmp / "shards", variants=variants)
+
+
+def preset_data(tmp: Path, preset: str, workers: int, size: tuple[int, int] | None = None
+                ) -> tuple[Path, Path, dict[str, Any]]:
+    """The fixture dataset and shards for `preset`: 6 small images for tiny; for the others images of
+    `size` (default Cityscapes' 1024x2048), a full batch for each of `workers` loader workers."""
+    if preset == "tiny":
+        size, images, variants = size or SMALL_SIZE, 6, 2
+    else:
+        from cgaug.config import load_train_config
+
+        batch = load_train_config(preset=preset).data.batch_size
+        size, images, variants = size or FULL_SIZE, batch * max(workers, 1), 1
+    source, shards = _data(tmp / preset, images, size, variants)
+    return source, shards, {"images": images, "image_size": list(size)}
 
 
 def measure(source: Path, shards: Path, preset: str, steps: int, workers: int, device: str) -> dict[str, Any]:
@@ -101,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from cgaug.config import load_train_config
-
     steps = 2 if args.smoke else args.steps
     gpu = torch.cuda.is_available()
     presets = args.presets.split(",") if args.presets else ["tiny", *(["deeplab"] if args.full or gpu else [])]
@@ -114,19 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             device = "cpu" if preset == "tiny" else "cuda"
-            if preset == "tiny":
-                size, images, variants = SMALL_SIZE, 6, 2
-            else:  # every worker needs a full batch of its own
-                batch = load_train_config(preset=preset).data.batch_size
-                size, images, variants = FULL_SIZE, batch * max(args.workers, 1), 1
-            source, shards = _data(Path(tmp), images, size, variants)
+            source, shards, data = preset_data(Path(tmp), preset, args.workers)
             result = measure(source, shards, preset, steps, args.workers, device)
             print(f"{preset:8s} on {device}: training {result['train_images_per_s']:7.1f} images/s, "
                   f"data loader alone {result['loader_images_per_s']:7.1f} images/s "
                   f"({args.workers} workers)", flush=True)
             runs.append({"preset": preset, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                         "images": images, "image_size": list(size), "workers": args.workers, "steps": steps,
-                         **result})
+                         **data, "workers": args.workers, "steps": steps, **result})
             if args.json:
                 _write_json(Path(args.json), {"complete": len(runs) == len(presets), "runs": runs})
     return 0
