@@ -180,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Whole or not at all (a temporary file, then a rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2))
-    partial.replace(path)
+    """Atomically: a reader (benchmarks/gpu_check.py after a time box) never sees half a file."""
+    from cgaug.storage.fs import open_root
+
+    open_root(str(path.parent)).write_bytes_atomic(path.name, json.dumps(data, indent=2).encode())
 
 
 if __name__ == "__main__":
