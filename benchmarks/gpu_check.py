@@ -127,13 +127,15 @@ def parts(dry_run: bool) -> list[Part]:
                 Part("generation", 240, (*generation, "--smoke"), generation_key),
                 Part("filtering", 120, (*filtering, "--smoke", "--batch", "2", "--repeats", "1"), filtering_key),
                 Part("training", 120, (*training, "--smoke", "--presets", "tiny"), training_key)]
-    # GPU boxes, for an H100/H200: generation is 4 reference images (fp32, ~6 s each) + 2 x 4 batches of 8 +
-    # inductor compiling UNet and ControlNet (~2 min); filtering builds SAM ViT-H etc. and times 6 x 3 judge
-    # calls; training writes 16 Cityscapes-size images, then 9 steps and the loader alone.
-    return [Part("env", 30, (*env, "--require-cuda"), env_key),
-            Part("generation", 270, (*generation, "--repeats", "3"), generation_key),
-            Part("filtering", 150, (*filtering, "--repeats", "2"), filtering_key),
-            Part("training", 90, (*training, "--full", "--presets", "deeplab", "--steps", "8", "--workers", "2"),
+    # GPU boxes, for an H100/H200 (guesses until the first run; --budget-s scales them): env imports torch
+    # from a cold disk; generation is 4 reference images (fp32 DDIM-50, ~6 s each), 2 x 4 batches of 8 and
+    # inductor compiling UNet and ControlNet (~2 min); filtering writes 8 Cityscapes-size compositions, builds
+    # SAM ViT-H and the rest, then times 6 x 3 judge calls; training writes 16 Cityscapes-size images and
+    # shards (~30 s of CPU), then the loader alone and 9 steps.
+    return [Part("env", 40, (*env, "--require-cuda"), env_key),
+            Part("generation", 260, (*generation, "--repeats", "3"), generation_key),
+            Part("filtering", 140, (*filtering, "--repeats", "2"), filtering_key),
+            Part("training", 100, (*training, "--full", "--presets", "deeplab", "--steps", "8", "--workers", "2"),
                  training_key)]
 
 

@@ -245,3 +245,19 @@ def test_training_measure_refuses_a_dataset_too_small_for_a_batch(tmp_path):
 
     with pytest.raises(ValueError, match="no full batch of 8"):
         bench.measure(source, shards, "deeplab", steps=1, workers=2, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU these commands would run the full benchmarks")
+def test_every_gpu_part_accepts_its_arguments_and_refuses_a_cpu(tmp_path, capsys):
+    """The GPU-mode command lines, parsed by their own scripts here: a typo must not wait for a GPU to show.
+    Each refuses (without a usage error) because no CUDA device is visible; the time boxes fit 9 minutes."""
+    selected = load_benchmark("gpu_check").parts(dry_run=False)
+    assert [p.name for p in selected] == PARTS and sum(p.box_s for p in selected) <= 540
+
+    for part in selected:
+        script, *args = (a.replace("{json}", str(tmp_path / f"{part.name}.json")) for a in part.args)
+        code = load_benchmark(Path(script).stem).main(args)
+        err = capsys.readouterr().err
+        assert code == (1 if part.name == "env" else 2), (part.name, err)
+        assert "CUDA" in err and "usage" not in err, (part.name, err)
+    assert json.loads((tmp_path / "env.json").read_text())["cuda_available"] is False
