@@ -8,9 +8,11 @@ not lose the others), collects their JSON and prints one summary table. Use the 
     benchmarks/gpu_check.sh --out gpu-results        # on the GPU machine: at most ~9 minutes, no network
     benchmarks/gpu_check.sh --dry-run --out /tmp/dry # the same plumbing on a CPU, each --smoke mode (CI)
 
-Options: `--budget-s N` scales the time boxes (default total 540 s, see PARTS); `--only a,b` runs a
-subset of parts (a rerun of a failed one); `PYTHON=/path/to/python` picks another interpreter than
-`.venv/bin/python`. Parts, in order, each writing DIR/PART.json and DIR/logs/PART.log:
+Options: `--budget-s N` scales the time boxes (540 s in all by default, per part in `parts()`); `--only
+a,b` runs a subset of parts (a rerun of a failed one); `--inject-sleep S` first runs a part that sleeps
+past a time box of S seconds (tests); `PYTHON=/path/to/python` picks another interpreter than
+`.venv/bin/python`. In a dry run a failed part fails the run too, after the rest have run. Parts, in
+order, each writing DIR/PART.json and DIR/logs/PART.log:
 
 1. env: nvidia-smi name/memory/driver, torch/CUDA/diffusers/transformers versions,
    `torch.cuda.is_available()` (on the GPU a missing CUDA device fails this part);
