@@ -124,11 +124,11 @@ def parts(dry_run: bool) -> list[Part]:
     generation = ("benchmarks/generation.py", "--json", "{json}")
     filtering = ("benchmarks/filtering.py", "--json", "{json}")
     training = ("benchmarks/training.py", "--json", "{json}")
-    if dry_run:
-        return [Part("env", 60, env, env_key),
-                Part("generation", 240, (*generation, "--smoke"), generation_key),
-                Part("filtering", 120, (*filtering, "--smoke", "--batch", "2", "--repeats", "1"), filtering_key),
-                Part("training", 120, (*training, "--smoke", "--presets", "tiny"), training_key)]
+    if dry_run:  # on a busy 2-core machine: env 10 s, generation 90-105 s, filtering 60-95 s, training 30-50 s
+        return [Part("env", 40, env, env_key),
+                Part("generation", 200, (*generation, "--smoke"), generation_key),
+                Part("filtering", 160, (*filtering, "--smoke", "--batch", "2", "--repeats", "1"), filtering_key),
+                Part("training", 140, (*training, "--smoke", "--presets", "tiny"), training_key)]
     # GPU boxes, for an H100/H200 (guesses until the first run; --budget-s scales them): env imports torch
     # from a cold disk; generation is 4 reference images (fp32 DDIM-50, ~6 s each), 2 x 4 batches of 8 and
     # inductor compiling UNet and ControlNet (~2 min); filtering writes 8 Cityscapes-size compositions, builds
