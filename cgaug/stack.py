@@ -519,7 +519,11 @@ def up(state_dir: str | Path, *, port: int | None = None, database_url: str | No
             started.append("server")
             state.save()
         if previous is not None:  # a stack ran here: what died may have left flow runs RUNNING
-            for note in crash_stranded_runs(state.api_url, state_path, set(live), auth_string):
+            try:
+                notes = crash_stranded_runs(state.api_url, state_path, set(live), auth_string)
+            except Exception as error:  # the stack matters more: such runs still end by the zombie automation
+                notes = [f"could not look for stranded flow runs: {error!r}"]
+            for note in notes:
                 say(note)
         if "server" in started:
             bootstrap(state.api_url, project, pool_type, data_root or str(state_path / "data"), auth_string)

@@ -147,6 +147,16 @@ def test_a_failed_restart_stops_only_what_it_started(fake, monkeypatch: pytest.M
     assert state is not None and state.alive() == {name: first[name] for name in WORKERS}
 
 
+def test_a_failed_look_for_stranded_runs_does_not_keep_the_stack_down(fake) -> None:
+    first = dict(fake.up().processes)
+    _kill(first["server"])
+    fake.reconciles.result = RuntimeError("API said no")
+    second = fake.up()
+    assert stack.is_alive(second.processes["server"])
+    assert fake.said[-2:] == ["could not look for stranded flow runs: RuntimeError('API said no')",
+                              "stack up: kept worker-cpu, worker-cpu-as-gpu0; restarted server"]
+
+
 def test_a_reused_pid_is_neither_kept_nor_stopped(tmp_path: Path) -> None:
     """The state names a pid that now runs another program: `up` must not keep it, `down` not kill it."""
     stranger = subprocess.Popen(["sleep", "61"], start_new_session=True)
