@@ -79,8 +79,8 @@ def load_segmenter(ref: str | Path, device: str | torch.device = "cpu", *, dtype
                 raise CheckpointNotFound(str(error)) from error
         else:
             raise CheckpointNotFound(
-                f"{field} {name!r}: no such file or directory ({path}); expected 'tiny', a hub id, a "
-                "save_pretrained directory (config.json + weights) or a .pt/.pth file")
+                f"{field}: {path}: no such file or directory; expected 'tiny', a hub id, a save_pretrained "
+                "directory (config.json + weights) or a .pt/.pth file")
     return segmenter.to(device, dtype)
 
 

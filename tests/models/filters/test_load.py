@@ -41,7 +41,7 @@ def test_missing_models_are_clear_errors(tmp_path):
     with pytest.raises(ModelNotFound, match=r"filters\.sam_model 'facebook/sam-vit-huge'.*HF_HUB_OFFLINE"):
         load_sam("facebook/sam-vit-huge")
     common = {"cityscapes": True, "device": "cpu", "dtype": torch.float32}
-    with pytest.raises(ModelNotFound, match=r"filters\.segmenter_model .*no such file or directory"):
+    with pytest.raises(ModelNotFound, match=r"filters\.segmenter_model: .*nowhere: no such file or directory"):
         load_pixel_model(str(tmp_path / "nowhere"), "filters.segmenter_model", **common)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"holds no config\.json"):

@@ -105,7 +105,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, tiny):
 
 def test_missing_references_are_not_found_for_every_caller(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointNotFound, match=r"checkpoint 'model\.pt': no such file or directory"):
+    with pytest.raises(CheckpointNotFound, match=r"^checkpoint: model\.pt: no such file or directory"):
         load_segmenter("model.pt")  # a relative .pt is a path, never a hub id
     with pytest.raises(CheckpointNotFound, match=r"filters\.segmenter_model 'cgaug-tests/no-such-segmenter'"):
         load_segmenter("cgaug-tests/no-such-segmenter", field="filters.segmenter_model", local_files_only=True)
