@@ -23,7 +23,7 @@ from cgaug.labels import NUM_TRAIN_CLASSES
 from cgaug.models.filters.base import PixelOutput, to_chw
 from cgaug.models.filters.tiny import build_tiny
 from cgaug.models.hub import TINY, cached
-from cgaug.models.segmenters import CITYSCAPES_TRAIN_NAMES, SegmenterBase, cityscapes_class_map, load_segmenter
+from cgaug.models.segmenters import CITYSCAPES_TRAIN_NAMES, BaseSegmenter, cityscapes_class_map, load_segmenter
 from cgaug.models.tiny import seeded
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class PixelSegmenter:
     Images run in chunks of `batch_size`, split further into runs of one size (a batch is one tensor).
     """
 
-    def __init__(self, segmenter: SegmenterBase, class_map: np.ndarray | None, batch_size: int = 8,
+    def __init__(self, segmenter: BaseSegmenter, class_map: np.ndarray | None, batch_size: int = 8,
                  short_side: int | None = None) -> None:
         self.segmenter, self.class_map = segmenter, class_map
         self.batch_size, self.short_side = batch_size, short_side

@@ -17,10 +17,10 @@ from cgaug.models.segmenters.base import (
     CITYSCAPES_TRAIN_NAMES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BaseSegmenter,
     CheckpointError,
     CheckpointNotFound,
     Segmenter,
-    SegmenterBase,
     cityscapes_class_map,
     energy_score,
 )
@@ -28,7 +28,7 @@ from cgaug.models.segmenters.loader import KINDS, checkpoint_kind, load_segmente
 from cgaug.models.segmenters.smp import TINY_CONFIG, SmpSegmenter, build_tiny_segmenter
 
 __all__ = [
-    "CITYSCAPES_TRAIN_NAMES", "IMAGENET_MEAN", "IMAGENET_STD", "KINDS", "TINY_CONFIG", "CheckpointError",
-    "CheckpointNotFound", "Segmenter", "SegmenterBase", "SmpSegmenter", "build_tiny_segmenter",
+    "CITYSCAPES_TRAIN_NAMES", "IMAGENET_MEAN", "IMAGENET_STD", "KINDS", "TINY_CONFIG", "BaseSegmenter",
+    "CheckpointError", "CheckpointNotFound", "Segmenter", "SmpSegmenter", "build_tiny_segmenter",
     "checkpoint_kind", "cityscapes_class_map", "energy_score", "load_segmenter",
 ]

@@ -73,7 +73,7 @@ def input_size(height: int, width: int, short_side: int | None, multiple: int = 
             max(multiple, round(width * scale / multiple) * multiple))
 
 
-class SegmenterBase:
+class BaseSegmenter:
     """The shared `predict` of the registry's segmenters: input checks, inference mode, output size.
 
     Subclasses implement `_forward(images, short_side)`, returning (logits, score) at any
@@ -101,7 +101,7 @@ class SegmenterBase:
         """Class index -> name; anonymous names (``class0``...) when the checkpoint stores none."""
         return {i: f"class{i}" for i in range(self.num_classes)}
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SegmenterBase:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BaseSegmenter:
         """Move (and cast) the weights in place; returns self."""
         self.model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
         return self

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cgaug.models.hub import from_pretrained
-from cgaug.models.segmenters.base import SegmenterBase, energy_score, input_size
+from cgaug.models.segmenters.base import BaseSegmenter, energy_score, input_size
 
 if TYPE_CHECKING:
     import torch
 
-class HfSegmenter(SegmenterBase):
+class HfSegmenter(BaseSegmenter):
     """A transformers semantic segmentation model behind the segmenter interface; score = energy."""
 
     def __init__(self, model: Any, processor: Any, name: str = "model") -> None:

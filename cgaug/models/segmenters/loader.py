@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cgaug.models.hub import TINY, ModelNotFound, is_hub_id
-from cgaug.models.segmenters.base import CheckpointError, CheckpointNotFound, SegmenterBase, read_torch_payload
+from cgaug.models.segmenters.base import BaseSegmenter, CheckpointError, CheckpointNotFound, read_torch_payload
 from cgaug.models.segmenters.hf import load_transformers
 from cgaug.models.segmenters.smp import TINY_CONFIG, build_tiny_segmenter, smp_segmenter
 
@@ -43,7 +43,7 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
     return "transformers" if "model_type" in config else "smp"
 
 
-def _state_builders() -> dict[str, Callable[[dict[str, Any], dict[str, Any], str], SegmenterBase]]:
+def _state_builders() -> dict[str, Callable[[dict[str, Any], dict[str, Any], str], BaseSegmenter]]:
     """kind -> builder(config, state dict, origin) for `.pt` checkpoints (the training kinds import torch)."""
     from cgaug.models.segmenters.uncertainty import mask2former_segmenter, trained_segmenter
 
@@ -51,7 +51,7 @@ def _state_builders() -> dict[str, Callable[[dict[str, Any], dict[str, Any], str
 
 
 def load_segmenter(ref: str | Path, device: str | torch.device = "cpu", *, dtype: torch.dtype | None = None,
-                   field: str = "checkpoint", local_files_only: bool = False) -> SegmenterBase:
+                   field: str = "checkpoint", local_files_only: bool = False) -> BaseSegmenter:
     """The segmenter of `ref` (see the module docstring) on `device`, in eval mode.
 
     Args:
@@ -65,7 +65,7 @@ def load_segmenter(ref: str | Path, device: str | torch.device = "cpu", *, dtype
     """
     name = str(ref)
     if name == TINY:
-        segmenter: SegmenterBase = build_tiny_segmenter()
+        segmenter: BaseSegmenter = build_tiny_segmenter()
     else:
         path = Path(name).expanduser()
         if path.is_dir():
@@ -84,7 +84,7 @@ def load_segmenter(ref: str | Path, device: str | torch.device = "cpu", *, dtype
     return segmenter.to(device, dtype)
 
 
-def _load_directory(path: Path, field: str, local_files_only: bool) -> SegmenterBase:
+def _load_directory(path: Path, field: str, local_files_only: bool) -> BaseSegmenter:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} holds no config.json, so it is not a saved model directory; expected the "
@@ -117,7 +117,7 @@ def _read_safetensors(weights: Path, directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
 
 
-def _load_file(path: Path) -> SegmenterBase:
+def _load_file(path: Path) -> BaseSegmenter:
     payload = read_torch_payload(path)
     if "state_dict" not in payload:  # a bare state dict: the tiny architecture's
         return smp_segmenter(dict(TINY_CONFIG), payload, str(path))

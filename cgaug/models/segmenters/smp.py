@@ -13,8 +13,8 @@ from cgaug.models.segmenters.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SIZE_DIVISOR,
+    BaseSegmenter,
     CheckpointError,
-    SegmenterBase,
     energy_score,
     input_size,
     load_state,
@@ -33,7 +33,7 @@ TINY_SEED = 0
 _WRAPPER_KEYS = ("mean", "std", "size_divisor")
 
 
-class SmpSegmenter(SegmenterBase):
+class SmpSegmenter(BaseSegmenter):
     """A logits model (e.g. any segmentation-models-pytorch model) with normalisation, padding and energy.
 
     Inputs are padded (edge replication) up to a multiple of `size_divisor` and the outputs cropped back,
