@@ -31,18 +31,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgaug.config import FilterConfig
 from cgaug.labels import NUM_TRAIN_CLASSES
+from cgaug.models.filters.base import FilterModels
 from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID, PastedObject
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1, exclusive ends, label pixels
 
 # --------------------------------------------------------------------------- gate registry
 
@@ -196,50 +195,6 @@ def refine_label(label: np.ndarray, base_label: np.ndarray, pasted: np.ndarray, 
     # an original class that was itself 254 cannot occur (sources hold no OOD ids), but keep the invariant
     ood = refined == OOD_TRAIN_ID
     return refined, ood
-
-
-# --------------------------------------------------------------------------- model protocols
-
-
-class ObjectMasker(Protocol):
-    """Box-prompted object masks (SAM)."""
-
-    def masks(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]]) -> list[list[np.ndarray]]:
-        """For each image, one (H, W) bool mask per box, at the image's size."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PixelOutput:
-    train_ids: np.ndarray | None  # (H, W) uint8 predicted Cityscapes train ids (None: not a Cityscapes model)
-    anomaly: np.ndarray  # (H, W) float32, higher = more anomalous
-
-
-class PixelModel(Protocol):
-    """A segmenter: per-pixel class prediction and anomaly score."""
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[PixelOutput]: ...
-
-
-class ClipModel(Protocol):
-    """Image-text similarities (open_clip)."""
-
-    def image_text(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[float]:
-        """Cosine similarity of each whole image with its text."""
-        ...
-
-    def object_margins(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]],
-                       names: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Per object: cos(crop, its class prompt) - max cos(crop, a Cityscapes class prompt)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class FilterModels:
-    masker: ObjectMasker | None = None
-    segmenter: PixelModel | None = None  # Cityscapes classes: consistency, and anomaly unless `anomaly` is set
-    anomaly: PixelModel | None = None
-    clip: ClipModel | None = None
 
 
 # --------------------------------------------------------------------------- judging

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from cgaug.config import CGAugConfig, FilterConfig
+from cgaug.models.filters.base import FilterModels, PixelOutput
 from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID, PastedObject
 from cgaug.seeds import derive_seed
 from cgaug.storage.fs import open_root
@@ -25,8 +26,6 @@ from cgaug.tasks.generation.filter import (
     REJECT,
     RETRY,
     FilterInput,
-    FilterModels,
-    PixelOutput,
     disagreement,
     filter_stats,
     judge,
