@@ -23,7 +23,10 @@ class TrainDataConfig(StrictModel):
     """What a training batch is made of: originals with anomaly mix, paired with accepted CG-Aug samples."""
 
     split: str = "train"  # source split and shard split
-    verdicts: list[str] = Field(default_factory=lambda: ["accepted"])  # shard rows usable as augmented images
+    # Shard rows usable as augmented images: those the quality filter passed, and those of a run without a
+    # filter ("unfiltered"); rejected and skipped rows never. With the filter on (the paper's setting) a
+    # shard holds no unfiltered rows, so this equals the reference's "accepted only".
+    verdicts: list[str] = Field(default_factory=lambda: ["accepted", "unfiltered"])
     min_scores: dict[str, float] = Field(default_factory=dict)  # e.g. {"sam_iou": 0.8}: quality-score floors
     batch_size: int = Field(8, ge=1)  # pairs per step: B originals + B augmented (reference: 8 + 8)
     crop_size: tuple[int, int] = (512, 1024)  # (height, width); the same crop on an original and its pair
