@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from cgaug.labels import ade_classes
-from cgaug.storage.fs import Root
+from cgaug.storage.fs import Root, open_input
 from cgaug.storage.png import decode_png, encode_png
 
 BANK_SCHEMA_VERSION = 1
@@ -231,7 +231,7 @@ class ObjectBank:
         path = os.fspath(path)
         fs, fs_path = fsspec.core.url_to_fs(path)
         try:
-            with fs.open(fs_path, "rb") as f:
+            with open_input(fs, fs_path) as f:
                 parquet = pq.ParquetFile(f)
                 _check_schema(path, parquet.schema_arrow)
                 table = parquet.read(columns=BANK_SCHEMA.names)

@@ -81,6 +81,6 @@ def read_report(root: Root, shard_id: int) -> tuple[ShardQuality, dict[str, Any]
 def quality_of_shard(root: Root, shard_id: int, seconds: float | None = None) -> ShardQuality:
     """The quality record of a committed shard, from its metadata columns only (no blob is read)."""
     name = shard_name(shard_id)
-    with root.open(name) as f:
+    with root.open_input(name) as f:
         table = pq.read_table(f, columns=STATS_COLUMNS)
     return ShardQuality(int(shard_id), stats_of_table(table, seconds, root.uri(name)))

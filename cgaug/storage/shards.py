@@ -141,7 +141,7 @@ def shard_complete(root: Root, shard_id: int, expected_sample_ids: list[str]) ->
     if not root.exists(name):
         return False
     try:
-        with root.open(name) as f:
+        with root.open_input(name) as f:
             parquet = pq.ParquetFile(f)
             if _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, root.uri(name)):
                 return False
@@ -248,7 +248,7 @@ def _existing_valid_shard(root: Root, name: str) -> ShardInfo | None:
     if not root.exists(name):
         return None
     try:
-        with root.open(name) as f:
+        with root.open_input(name) as f:
             parquet = pq.ParquetFile(f)
             problems = _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, root.uri(name))
             rows = parquet.metadata.num_rows
@@ -272,7 +272,7 @@ def _check_same_samples(root: Root, existing: ShardInfo, sample_ids: list[str]) 
 
 def _read_shard_metadata(root: Root, name: str) -> pa.Table:
     try:
-        with root.open(name) as f:
+        with root.open_input(name) as f:
             parquet = pq.ParquetFile(f)
             problems = _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, root.uri(name))
             if problems:
@@ -332,7 +332,7 @@ def _verify_shard(root: Root, info: ShardInfo, ids_by_shard: dict[str, list[str]
     if digest != info.sha256:
         problems.append(f"{uri}: sha256 {digest}, manifest says {info.sha256}")
     try:
-        with root.open(info.name) as f:
+        with root.open_input(info.name) as f:
             parquet = pq.ParquetFile(f)
             schema_problems = _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, uri)
             if schema_problems:
@@ -390,7 +390,7 @@ def _verify_index(root: Root, manifest: Manifest, ids_by_shard: dict[str, list[s
     if digest != manifest.index.get("sha256"):
         problems.append(f"{uri}: sha256 {digest}, manifest says {manifest.index.get('sha256')}")
     try:
-        with root.open(name) as f:
+        with root.open_input(name) as f:
             parquet = pq.ParquetFile(f)
             problems += _schema_problems(parquet.schema_arrow, INDEX_SCHEMA, uri)
             index = parquet.read(columns=["sample_id", "shard_file"])
@@ -515,7 +515,7 @@ def read_sample(root: Root, sample_id: str) -> dict[str, Any]:
     if hits.num_rows == 0:
         raise KeyError(f"sample {sample_id!r} is not in {root.uri(INDEX_NAME)} ({index.num_rows} samples)")
     name = hits.column("shard_file")[0].as_py()
-    with root.open(name) as f:
+    with root.open_input(name) as f:
         parquet = pq.ParquetFile(f)
         for group in range(parquet.num_row_groups):
             ids = parquet.read_row_group(group, columns=["sample_id"]).column(0).to_pylist()
@@ -534,7 +534,7 @@ def iter_rows(root: Root, verdicts: str | Iterable[str] | None = None) -> Iterat
     """
     wanted = None if verdicts is None else ({verdicts} if isinstance(verdicts, str) else set(verdicts))
     for info in read_manifest(root).shards:
-        with root.open(info.name) as f:
+        with root.open_input(info.name) as f:
             parquet = pq.ParquetFile(f)
             for group in range(parquet.num_row_groups):
                 if wanted is not None:
@@ -554,7 +554,7 @@ def read_shard_rows(root: Root, shard_id: int, positions: list[int] | None = Non
     `positions` may be a function of the first column: pass None, inspect, then call again.
     """
     name = shard_name(shard_id)
-    with root.open(name) as f:
+    with root.open_input(name) as f:
         parquet = pq.ParquetFile(f)
         first = parquet.read(columns=[columns_first]).column(0).to_pylist()
         starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])

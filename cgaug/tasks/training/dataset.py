@@ -116,7 +116,7 @@ def _row_positions(root: Root, shard_files: list[str]) -> dict[str, dict[str, tu
     """sample id -> (row group, row in group) for each shard, from the sample_id column only."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
     for name in shard_files:
-        with root.open(name) as f:
+        with root.open_input(name) as f:
             parquet = pq.ParquetFile(f)
             found: dict[str, tuple[int, int]] = {}
             for group in range(parquet.num_row_groups):
@@ -359,7 +359,7 @@ class PairDataset:
 
     def _read_group(self, root: Root, group: list[tuple[int, AugmentedRef]]) -> Iterator[dict[str, Any]]:
         shard_file, row_group = group[0][1].shard_file, group[0][1].row_group
-        with root.open(shard_file) as f:
+        with root.open_input(shard_file) as f:
             table = pq.ParquetFile(f).read_row_group(row_group, columns=_PAIR_BLOBS)
         ids = table.column("sample_id").to_pylist()
         for index, ref in group:
