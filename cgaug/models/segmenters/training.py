@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cgaug.models.hub import ModelNotFound, from_pretrained, is_hub_id
+from cgaug.models.hub import TINY, ModelNotFound, from_pretrained, is_hub_id
 from cgaug.models.segmenters.base import CheckpointError, CheckpointNotFound
 from cgaug.models.segmenters.loader import load_segmenter
 from cgaug.models.segmenters.smp import TINY_CONFIG, create_smp
@@ -79,6 +79,12 @@ def _build_wrn38(cfg: TrainModelConfig, seed: int) -> WRN38Uncertainty:
     return model
 
 
+def _is_hub_reference(name: str) -> bool:
+    """A hub id rather than 'tiny', a local path or a .pt/.pth file name."""
+    path = Path(name).expanduser()
+    return name != TINY and is_hub_id(name) and not path.exists() and path.suffix not in (".pt", ".pth")
+
+
 def _load_hub_mask2former(name: str) -> Any:
     """A transformers `Mask2FormerForUniversalSegmentation` by hub id (from the cache, or downloaded where allowed)."""
     from transformers import Mask2FormerForUniversalSegmentation
@@ -102,8 +108,7 @@ def _build_mask2former(cfg: TrainModelConfig, seed: int) -> Mask2FormerUncertain
                                   "random init is offered for model.tiny only")
         hf_config = tiny_mask2former_config(cfg.num_classes)
         model = seeded(seed, lambda: Mask2FormerForUniversalSegmentation(hf_config))
-    elif is_hub_id(cfg.checkpoint) and not Path(cfg.checkpoint).expanduser().exists() \
-            and Path(cfg.checkpoint).suffix not in (".pt", ".pth"):
+    elif _is_hub_reference(cfg.checkpoint):
         model = _load_hub_mask2former(cfg.checkpoint)
         _check_classes(cfg.checkpoint, int(model.config.num_labels), cfg.num_classes)
     else:
