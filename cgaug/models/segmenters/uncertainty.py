@@ -45,9 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cgaug.models.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, CheckpointError, load_state
+from cgaug.models.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISOR, CheckpointError, load_state
 from cgaug.models.segmenters.smp import SmpSegmenter, create_smp
-from cgaug.models.segmenters.wrn38 import DeepWV3Plus, build_wrn38, published_state, upsample
+from cgaug.models.segmenters.wrn38 import WRN38_DIVISOR, DeepWV3Plus, build_wrn38, published_state, upsample
 
 TRAIN_GROUPS: dict[str, tuple[str, ...]] = {
     "deeplab": ("encoder", "aspp", "decoder", "bottleneck", "final", "classifier", "uncertainty"),
@@ -329,9 +329,12 @@ def trained_segmenter(config: dict[str, Any], state: dict[str, Any], origin: str
                       model: UncertaintyModel | None = None) -> TrainedSegmenter:
     """What `load_segmenter` returns for a training export (``{"config": {"kind": ...}, "state_dict"}``)."""
     model = model if model is not None else model_from_export(config, state, origin)
+    # The WideResNet38 DeepLab needs inputs divisible by its output stride only; padding further would
+    # change its image-pooling branch (a mean over the padded image)
+    divisor = WRN38_DIVISOR if model.kind == "deeplab_wrn38" else SIZE_DIVISOR
     segmenter = TrainedSegmenter(model, num_classes=model.num_classes, name=origin,
                                  mean=tuple(config.get("mean", IMAGENET_MEAN)),
-                                 std=tuple(config.get("std", IMAGENET_STD)))
+                                 std=tuple(config.get("std", IMAGENET_STD)), size_divisor=divisor)
     segmenter.config = dict(config)
     return segmenter
 
@@ -343,7 +346,7 @@ def wrn38_segmenter(config: dict[str, Any], payload: dict[str, Any], origin: str
     normalised with ImageNet's mean and std and padded to a multiple of 8 (the output stride).
     """
     model = build_wrn38(published_state(payload, origin), origin)
-    segmenter = SmpSegmenter(model, num_classes=model.num_classes, size_divisor=8, name=origin)
+    segmenter = SmpSegmenter(model, num_classes=model.num_classes, size_divisor=WRN38_DIVISOR, name=origin)
     segmenter.config = {"kind": "wrn38", "wrn38": dict(model.config)}
     return segmenter
 

@@ -49,6 +49,7 @@ TINY_WRN38: dict[str, Any] = {
     "stem": 8, "aspp": 8, "skip": 4, "classes": 19,
 }
 """The same structure with few channels and blocks (about 70 k parameters) for tests; its outputs mean nothing."""
+WRN38_DIVISOR = 8  # the output stride: input sizes that are multiples of it need no padding
 _DROPOUT = {4: 0.3, 5: 0.5}  # module index (mod6, mod7) -> Dropout2d probability
 _ASPP_RATES = (12, 24, 36)  # (6, 12, 18) doubled for output stride 8
 _MARKERS = ("mod1.conv1.weight", "bot_fine.weight", "bot_aspp.weight", "final.6.weight")

@@ -54,7 +54,7 @@ def _grads(model, loss) -> set[str]:
 def test_each_mask2former_loss_and_l_unc_give_gradients_in_a_stage_2_step(m2f, weights):
     set_trainable(m2f, list(m2f.groups()), "train", ["backbone"])
     y = _labels()
-    semantic, u, queries = m2f.forward_with_queries(X)
+    _, _, queries = m2f.forward_with_queries(X)
     cfg = TrainLossConfig(mask_weights=weights, margins=(0.7, 0.5, 0.2), betas=(0.0, 0.0))
     loss, parts = mask2former_losses(queries, y[:2], y[2:], cfg, 19, 64, torch.Generator().manual_seed(0))
     name = {0: "m2f_class", 1: "m2f_mask", 2: "m2f_dice"}[weights.index(1.0)]
@@ -71,8 +71,8 @@ def test_each_mask2former_loss_and_l_unc_give_gradients_in_a_stage_2_step(m2f, w
 def test_l_unc_alone_reaches_the_anomaly_head_in_stage_2(m2f):
     set_trainable(m2f, list(m2f.groups()), "train", ["backbone"])
     y = _labels()
-    semantic, u, _ = m2f.forward_with_queries(X)
-    loss, parts = uncertainty_loss(u[:2], u[2:], y[:2], y[2:], TrainLossConfig(margins=(0.7, 0.5, 0.2)), 19,
+    _, u, _ = m2f.forward_with_queries(X)
+    loss, _ = uncertainty_loss(u[:2], u[2:], y[:2], y[2:], TrainLossConfig(margins=(0.7, 0.5, 0.2)), 19,
                                    torch.Generator().manual_seed(0))
     assert float(loss.detach()) > 0
     assert any(n.startswith("class_embed2") for n in _grads(m2f, loss))
@@ -134,7 +134,7 @@ def test_stage_2_optimizer_groups_lr_multipliers_weight_decay_and_clipping(m2f):
     assert isinstance(runner.optimizer, torch.optim.AdamW) and runner.grad_clip == 0.01
     assert not m2f.hf.model.pixel_level_module.encoder.training and m2f.hf.model.transformer_module.training
     assert StepRunner(m2f, cfg, 1, torch.device("cpu"), steps_per_epoch=1).grad_clip is None
-    with pytest.raises(ValueError, match="lr_multipliers.*encoder"):
+    with pytest.raises(ValueError, match=r"lr_multipliers.*encoder"):
         param_groups(m2f, cfg.stage2.model_copy(update={"lr_multipliers": {"encoder": 0.1}}))
 
 
@@ -149,7 +149,7 @@ def test_a_stage_2_step_reports_the_mask2former_losses(m2f):
     assert all(parts[k] > 0 for k in ("m2f_class", "m2f_mask", "m2f_dice", "unc"))
     assert not torch.equal(before, m2f.hf.class_predictor.weight)
     deeplab = build_train_model(TrainModelConfig(tiny=True))
-    with pytest.raises(ValueError, match="mask_losses.*mask2former"):
+    with pytest.raises(ValueError, match=r"mask_losses.*mask2former"):
         StepRunner(deeplab, cfg.model_copy(update={"stage2": cfg.stage2.model_copy(
             update={"trainable": ["uncertainty"], "lr_multipliers": {}, "eval_groups": []})}), 2,
             torch.device("cpu"), steps_per_epoch=1)
