@@ -31,3 +31,25 @@ def test_fingerprint_ignores_device_progress_and_loader_workers():
     assert base.fingerprint() == TrainConfig.model_validate(
         {"run": {"device": "cpu", "progress": False}, "data": {"num_workers": 0}}).fingerprint()
     assert base.fingerprint() != TrainConfig.model_validate({"run": {"seed": 1}}).fingerprint()
+
+
+def test_the_deeplab_preset_is_the_reference_recipe():
+    cfg = load_train_config(preset="deeplab", environ={})
+    assert cfg.data.crop_size == (700, 700) and cfg.data.flip_probability == 0.0 and cfg.data.augmentations == []
+    assert not cfg.run.amp and cfg.run.grad_clip is None
+    assert (cfg.stage1.epochs, cfg.stage1.lr, cfg.stage2.epochs, cfg.stage2.lr) == (9, 1e-4, 40, 1e-6)
+    assert cfg.stage2.trainable == ["aspp", "bottleneck", "uncertainty"] and cfg.stage2.frozen_mode == "train"
+    loss = cfg.loss
+    assert (loss.sample_ratio, loss.sample_base, loss.pairing, loss.shared_ood, loss.pair_term) == (
+        1.0, "batch", "sampled", True, "all")
+    assert loss.select_rounding == "floor" and loss.betas == (50.0, 10.0) and loss.margins == (10.0, 5.0, 5.0)
+    assert TrainConfig().model_dump() == cfg.model_dump()  # the field defaults are the deeplab preset's
+
+
+def test_new_options_change_the_fingerprint():
+    base = TrainConfig()
+    for section, key, value in (("loss", "shared_ood", False), ("stage2", "frozen_mode", "eval"),
+                                ("loss", "select_rounding", "ceil"), ("data", "augmentations", ["rotate"])):
+        data = base.model_dump(mode="json")
+        data[section][key] = value
+        assert TrainConfig.model_validate(data).fingerprint() != base.fingerprint(), key

@@ -4,6 +4,7 @@ Modules, each importing only those above it in this list:
 - `base`: the interface, the energy score, normalisation constants, errors, Cityscapes class maps;
 - `smp`: segmentation-models-pytorch models and the tiny test segmenter;
 - `hf`: transformers semantic segmentation (SegFormer...) with its processor and label names;
+- `wrn38`: the reference's WideResNet38 DeepLabV3+ (`DeepWV3Plus`), whose published weights load strictly;
 - `uncertainty`: the training models with the learnable uncertainty function u(x);
 - `loader`: `load_segmenter`, dispatching a checkpoint to its kind;
 - `training`: `build_train_model`, the model two-stage training starts from.

@@ -8,10 +8,13 @@
 - a hub id: a transformers semantic segmentation model from the Hugging Face cache (or hub);
 - a ``.pt`` / ``.pth`` file from `torch.save`: ``{"config": {...}, "state_dict": {...}}`` where the
   config holds `smp.create_model` arguments, a transformers Mask2Former config, or the export of
-  two-stage training (``{"kind": "deeplab" | "mask2former", ...}``, `cgaug train`'s ``RUN_DIR/model.pt``,
-  whose anomaly score is its learnable u(x)); or a bare state dict of the tiny architecture.
+  two-stage training (``{"kind": "deeplab" | "deeplab_wrn38" | "mask2former", ...}``, `cgaug train`'s
+  ``RUN_DIR/model.pt``, whose anomaly score is its learnable u(x)); the reference's WideResNet38
+  DeepLabV3+ (``DeepLabV3+_WideResNet38_baseline.pth``: a state dict, bare or in ``{"state_dict": ...}``,
+  keys optionally prefixed ``module.``; `wrn38`); or a bare state dict of the tiny architecture.
 
-The kind of a checkpoint comes from its config (`checkpoint_kind`), never from its file name.
+The kind of a checkpoint comes from its config (`checkpoint_kind`) or, for configless state dicts,
+from its key names (`wrn38.is_wrn38_state`), never from its file name.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from cgaug.models.segmenters.smp import TINY_CONFIG, build_tiny_segmenter, smp_s
 if TYPE_CHECKING:
     import torch
 
-KINDS = ("smp", "transformers", "deeplab", "mask2former")
+KINDS = ("smp", "transformers", "wrn38", "deeplab", "deeplab_wrn38", "mask2former")
 """smp: segmentation-models-pytorch; transformers: semantic segmentation with a processor (SegFormer...);
-deeplab / mask2former: the training models with their uncertainty function (`uncertainty`)."""
+wrn38: the reference's closed-world WideResNet38 DeepLabV3+; deeplab / deeplab_wrn38 / mask2former: the
+training models with their uncertainty function (`uncertainty`)."""
 
 
 def checkpoint_kind(config: dict[str, Any]) -> str:
@@ -45,9 +49,10 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
 
 def _state_builders() -> dict[str, Callable[[dict[str, Any], dict[str, Any], str], BaseSegmenter]]:
     """kind -> builder(config, state dict, origin) for `.pt` checkpoints (the training kinds import torch)."""
-    from cgaug.models.segmenters.uncertainty import mask2former_segmenter, trained_segmenter
+    from cgaug.models.segmenters.uncertainty import mask2former_segmenter, trained_segmenter, wrn38_segmenter
 
-    return {"smp": smp_segmenter, "deeplab": trained_segmenter, "mask2former": mask2former_segmenter}
+    return {"smp": smp_segmenter, "wrn38": wrn38_segmenter, "deeplab": trained_segmenter,
+            "deeplab_wrn38": trained_segmenter, "mask2former": mask2former_segmenter}
 
 
 def load_segmenter(ref: str | Path, device: str | torch.device = "cpu", *, dtype: torch.dtype | None = None,
@@ -117,8 +122,16 @@ def _read_safetensors(weights: Path, directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({error})") from None
 
 
+def _is_wrn38(state: Any) -> bool:
+    from cgaug.models.segmenters.wrn38 import is_wrn38_state
+
+    return isinstance(state, dict) and is_wrn38_state(state)
+
+
 def _load_file(path: Path) -> BaseSegmenter:
     payload = read_torch_payload(path)
+    if "config" not in payload and _is_wrn38(payload.get("state_dict", payload)):
+        return _state_builders()["wrn38"]({"kind": "wrn38"}, payload, str(path))
     if "state_dict" not in payload:  # a bare state dict: the tiny architecture's
         return smp_segmenter(dict(TINY_CONFIG), payload, str(path))
     config = payload.get("config")

@@ -4,22 +4,32 @@ The closed-world checkpoint (`model.checkpoint`) is read by the one segmenter lo
 format evaluation accepts can start a training run, including a previous run's ``model.pt``
 (whose uncertainty head is kept). Without a checkpoint, only the tiny presets start from random
 weights (CPU tests).
+
+DeepLab comes in two architectures: smp's DeepLabV3+ and the reference's WideResNet38 DeepLabV3+
+(`wrn38`). `model.kind: deeplab` picks the one the checkpoint holds (the published
+``DeepLabV3+_WideResNet38_baseline.pth`` is recognised by its key names); ``deeplab_wrn38`` insists
+on the WideResNet38 (random weights for ``tiny`` / no checkpoint, tests only). A Mask2Former starts
+from any transformers Mask2Former: a hub id, a save_pretrained directory or a ``.pt``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cgaug.models.segmenters.base import CheckpointError
+from cgaug.models.hub import TINY, ModelNotFound, from_pretrained, is_hub_id
+from cgaug.models.segmenters.base import CheckpointError, CheckpointNotFound
 from cgaug.models.segmenters.loader import load_segmenter
 from cgaug.models.segmenters.smp import TINY_CONFIG, create_smp
 from cgaug.models.segmenters.uncertainty import (
     DeepLabUncertainty,
     Mask2FormerUncertainty,
     UncertaintyModel,
+    WRN38Uncertainty,
     tiny_mask2former_config,
 )
+from cgaug.models.segmenters.wrn38 import FULL_WRN38, TINY_WRN38, DeepWV3Plus
 from cgaug.models.tiny import seeded
 
 if TYPE_CHECKING:
@@ -39,20 +49,53 @@ def _check_classes(origin: str, found: int, expected: int) -> None:
                               f"{expected}; expected a closed-world checkpoint with {expected} classes")
 
 
-def _build_deeplab(cfg: TrainModelConfig, seed: int) -> DeepLabUncertainty:
+def _build_deeplab(cfg: TrainModelConfig, seed: int) -> DeepLabUncertainty | WRN38Uncertainty:
     if cfg.checkpoint is None:
         config = _smp_config(cfg)
         model = seeded(seed, lambda: create_smp(config, "random init"))
     else:
         segmenter = load_segmenter(cfg.checkpoint, field="model.checkpoint")
         _check_classes(cfg.checkpoint, segmenter.num_classes, cfg.num_classes)
-        if isinstance(segmenter.model, DeepLabUncertainty):  # a previous training export: keep its W
+        if isinstance(segmenter.model, DeepLabUncertainty | WRN38Uncertainty):  # a training export: keep its W
             return segmenter.model.train()
+        if isinstance(segmenter.model, DeepWV3Plus):  # the reference's WideResNet38 checkpoint
+            return WRN38Uncertainty(segmenter.model.train())
         if segmenter.model.__class__.__name__ != "DeepLabV3Plus" or not segmenter.config:
             raise CheckpointError(f"{cfg.checkpoint}: holds a {type(segmenter.model).__name__}; model.kind "
                                   "'deeplab' expects an smp DeepLabV3Plus checkpoint with its config")
         model, config = segmenter.model, segmenter.config
     return DeepLabUncertainty(model.train(), config, bias=cfg.uncertainty_bias)
+
+
+def _build_wrn38(cfg: TrainModelConfig, seed: int) -> WRN38Uncertainty:
+    if cfg.checkpoint is None:
+        config = dict(TINY_WRN38 if cfg.tiny else FULL_WRN38, classes=cfg.num_classes)
+        return WRN38Uncertainty(seeded(seed, lambda: DeepWV3Plus(config)).train())
+    model = _build_deeplab(cfg, seed)
+    if not isinstance(model, WRN38Uncertainty):
+        raise CheckpointError(f"{cfg.checkpoint}: holds an smp DeepLabV3+; model.kind 'deeplab_wrn38' expects the "
+                              "WideResNet38 DeepLabV3+ (DeepLabV3+_WideResNet38_baseline.pth or a training export "
+                              "of one); use model.kind 'deeplab' for smp checkpoints")
+    return model
+
+
+def _is_hub_reference(name: str) -> bool:
+    """A hub id rather than 'tiny', a local path or a .pt/.pth file name."""
+    path = Path(name).expanduser()
+    return name != TINY and is_hub_id(name) and not path.exists() and path.suffix not in (".pt", ".pth")
+
+
+def _load_hub_mask2former(name: str) -> Any:
+    """A transformers `Mask2FormerForUniversalSegmentation` by hub id (from the cache, or downloaded where allowed)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    def load(ref: str, is_local: bool) -> Any:
+        return Mask2FormerForUniversalSegmentation.from_pretrained(ref, local_files_only=is_local)
+
+    try:
+        return from_pretrained(load, name, "model.checkpoint")
+    except ModelNotFound as error:
+        raise CheckpointNotFound(str(error)) from error
 
 
 def _build_mask2former(cfg: TrainModelConfig, seed: int) -> Mask2FormerUncertainty:
@@ -65,6 +108,9 @@ def _build_mask2former(cfg: TrainModelConfig, seed: int) -> Mask2FormerUncertain
                                   "random init is offered for model.tiny only")
         hf_config = tiny_mask2former_config(cfg.num_classes)
         model = seeded(seed, lambda: Mask2FormerForUniversalSegmentation(hf_config))
+    elif _is_hub_reference(cfg.checkpoint):
+        model = _load_hub_mask2former(cfg.checkpoint)
+        _check_classes(cfg.checkpoint, int(model.config.num_labels), cfg.num_classes)
     else:
         segmenter = load_segmenter(cfg.checkpoint, field="model.checkpoint")
         if not isinstance(segmenter.model, Mask2FormerUncertainty):
@@ -79,7 +125,7 @@ def _build_mask2former(cfg: TrainModelConfig, seed: int) -> Mask2FormerUncertain
 
 
 TRAIN_MODELS: dict[str, Callable[[Any, int], UncertaintyModel]] = {
-    "deeplab": _build_deeplab, "mask2former": _build_mask2former}
+    "deeplab": _build_deeplab, "deeplab_wrn38": _build_wrn38, "mask2former": _build_mask2former}
 """The registry of trainable architectures: kind -> builder(TrainModelConfig, seed)."""
 
 

@@ -5,11 +5,24 @@ the prediction, u (B, H, W) for the relative contrastive loss and as the anomaly
 anomalous). Both split their parameters into named groups, which the stage configuration names in
 `trainable` (`TRAIN_GROUPS` lists them per kind).
 
-DeepLabv3+ (segmentation-models-pytorch): the penultimate features z(x) are the decoder output;
+DeepLabv3+ (segmentation-models-pytorch, kind ``deeplab``): the penultimate features z(x) are the decoder output;
 the classifier is the segmentation head's convolution. u(x) = -logsumexp_k(z(x) . w_k + b_k) with W
 (and b, `uncertainty_bias`) a copy of the classifier's weights, so at step 0 u is exactly the energy
 score of the logits (the bilinear upsampling of the head is linear, so it commutes with W and is
 applied to both). Stage 1 moves W away from the classifier; the logits never depend on W.
+
+DeepLabv3+ with the reference's WideResNet38 (kind ``deeplab_wrn38``, `wrn38.DeepWV3Plus`): z(x) is the
+output of ``final`` without its classifier, W (``uncertainty``, the reference's ``ood_head``) a copy
+of the bias-free classifier ``final.6``; as in the reference (`lib/network/deepv3/deepv3.py:282-283`)
+the energy is taken at feature resolution and then upsampled, so at step 0 u is the upsampled
+energy of the low-resolution logits.
+
+Parameter groups map the reference's stage-2 names (``aspp``, ``bot_fine``, ``bot_aspp``, ``ood_head``;
+the ``final`` block and the classifier frozen) onto both DeepLabs: ``aspp`` (the ASPP with its 1x1
+projection: ``aspp`` + ``bot_aspp``; smp's ``decoder.aspp``, which also holds a separable 3x3 conv),
+``bottleneck`` (the 48-channel 1x1 on the early features: ``bot_fine``; smp ``decoder.block1``),
+``final`` (the 3x3 block(s) before the classifier: ``final[:-1]``; smp ``decoder.block2``),
+``decoder`` (``bottleneck`` + ``final``), ``classifier``, ``encoder`` and ``uncertainty``.
 
 Mask2Former (transformers): following the reference (Mask2Anomaly), the "W" is an anomaly class
 embedding: a second class predictor (`class_embed2`, a copy of `class_predictor`, weight and bias)
@@ -32,11 +45,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cgaug.models.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, CheckpointError, load_state
+from cgaug.models.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISOR, CheckpointError, load_state
 from cgaug.models.segmenters.smp import SmpSegmenter, create_smp
+from cgaug.models.segmenters.wrn38 import WRN38_DIVISOR, DeepWV3Plus, build_wrn38, published_state, upsample
 
 TRAIN_GROUPS: dict[str, tuple[str, ...]] = {
-    "deeplab": ("encoder", "aspp", "decoder", "classifier", "uncertainty"),
+    "deeplab": ("encoder", "aspp", "decoder", "bottleneck", "final", "classifier", "uncertainty"),
+    "deeplab_wrn38": ("encoder", "aspp", "decoder", "bottleneck", "final", "classifier", "uncertainty"),
     "mask2former": ("backbone", "pixel_decoder", "transformer_decoder", "classifier", "uncertainty"),
 }
 TINY_M2F: dict[str, Any] = {
@@ -110,6 +125,8 @@ class DeepLabUncertainty(UncertaintyModel):
             "encoder": [self.model.encoder],
             "aspp": [decoder.aspp],
             "decoder": [m for name, m in decoder.named_children() if name != "aspp"],
+            "bottleneck": [decoder.block1],
+            "final": [decoder.block2],
             "classifier": [self.model.segmentation_head],
             "uncertainty": [self.uncertainty],
         }
@@ -119,6 +136,49 @@ class DeepLabUncertainty(UncertaintyModel):
 
     def export_config(self) -> dict[str, Any]:
         return {"kind": self.kind, "smp": self.smp_config, "uncertainty_bias": self.uncertainty.bias is not None}
+
+
+class WRN38Uncertainty(UncertaintyModel):
+    """The reference's DeepWV3Plus with its ``ood_head`` W (see the module docstring)."""
+
+    kind = "deeplab_wrn38"
+
+    def __init__(self, model: DeepWV3Plus):
+        super().__init__()
+        self.model = model
+        classifier: nn.Conv2d = model.final[-1]
+        self.num_classes = classifier.out_channels
+        self.uncertainty = nn.Conv2d(classifier.in_channels, classifier.out_channels, 1,
+                                     bias=classifier.bias is not None)
+        with torch.no_grad():
+            self.uncertainty.weight.copy_(classifier.weight)
+            if classifier.bias is not None:
+                self.uncertainty.bias.copy_(classifier.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.model.features(x)
+        logits = upsample(self.model.final[-1](z), x.shape[2:])
+        energy = -torch.logsumexp(self.uncertainty(z).float(), dim=1, keepdim=True)
+        return logits, upsample(energy, x.shape[2:])[:, 0]
+
+    def group_modules(self) -> dict[str, list[nn.Module]]:
+        net = self.model
+        final = list(net.final[:-1])
+        return {
+            "encoder": [getattr(net, f"mod{i}") for i in range(1, 8)],
+            "aspp": [net.aspp, net.bot_aspp],
+            "decoder": [net.bot_fine, *final],
+            "bottleneck": [net.bot_fine],
+            "final": final,
+            "classifier": [net.final[-1]],
+            "uncertainty": [self.uncertainty],
+        }
+
+    def groups(self) -> dict[str, list[nn.Parameter]]:
+        return {name: _params(modules) for name, modules in self.group_modules().items()}
+
+    def export_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "wrn38": dict(self.model.config)}
 
 
 class Mask2FormerUncertainty(UncertaintyModel):
@@ -139,20 +199,29 @@ class Mask2FormerUncertainty(UncertaintyModel):
 
     def queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z (B, Q, D) last decoder query embeddings after the layer norm, mask logits (B, Q, H, W) at x's size)."""
-        out = self.hf.model(pixel_values=x, output_hidden_states=True, return_dict=True)
-        z = out.transformer_decoder_intermediate_states[-1].transpose(0, 1)
-        masks = nn.functional.interpolate(out.masks_queries_logits[-1], size=x.shape[-2:], mode="bilinear",
-                                          align_corners=False)
-        return z, masks
+        z, low = self._decode(x)
+        return z, nn.functional.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z, masks = self.queries(x)
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.hf.model(pixel_values=x, output_hidden_states=True, return_dict=True)
+        return out.transformer_decoder_intermediate_states[-1].transpose(0, 1), out.masks_queries_logits[-1]
+
+    def forward_with_queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(semantic logits, u, query outputs): the last layer's ``masks_queries_logits`` (B, Q, h, w) at the
+        mask resolution and ``class_queries_logits`` (B, Q, C + 1), what Mask2Former's own losses take."""
+        z, low = self._decode(x)
+        masks = nn.functional.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
         mask_probs = masks.float().sigmoid()
-        cls = self.hf.class_predictor(z).float().softmax(-1)[..., :-1]
-        semantic = torch.einsum("bqc,bqhw->bchw", cls, mask_probs)
+        class_logits = self.hf.class_predictor(z)
+        semantic = torch.einsum("bqc,bqhw->bchw", class_logits.float().softmax(-1)[..., :-1], mask_probs)
         anomaly_cls = self.class_embed2(z).float().softmax(-1)[..., :-1]
         anomaly = torch.einsum("bqc,bqhw->bchw", anomaly_cls, mask_probs)
-        return semantic, 1.0 - anomaly.max(dim=1).values
+        return semantic, 1.0 - anomaly.max(dim=1).values, {"masks_queries_logits": low,
+                                                           "class_queries_logits": class_logits}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        semantic, u, _ = self.forward_with_queries(x)
+        return semantic, u
 
     def group_modules(self) -> dict[str, list[nn.Module]]:
         pixel = self.hf.model.pixel_level_module
@@ -188,6 +257,8 @@ def model_from_export(config: dict[str, Any], state: dict[str, Any], origin: str
     bias = bool(config.get("uncertainty_bias", True))
     if kind == "deeplab":
         model: UncertaintyModel = DeepLabUncertainty(create_smp(dict(config["smp"]), origin), config["smp"], bias)
+    elif kind == "deeplab_wrn38":
+        model = WRN38Uncertainty(DeepWV3Plus(dict(config["wrn38"])))
     elif kind == "mask2former":
         from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
@@ -199,24 +270,39 @@ def model_from_export(config: dict[str, Any], state: dict[str, Any], origin: str
     return model
 
 
-def set_trainable(model: UncertaintyModel, trainable: list[str]) -> list[nn.Parameter]:
-    """Freeze every parameter, unfreeze the named groups; frozen modules go to eval mode (BN stats fixed).
+def set_trainable(model: UncertaintyModel, trainable: list[str], frozen_mode: str = "eval",
+                  eval_groups: list[str] | tuple[str, ...] = ()) -> list[nn.Parameter]:
+    """Freeze every parameter, unfreeze the named groups; set train/eval modes.
 
-    Returns the trainable parameters. Raises ValueError naming unknown groups and the valid ones.
+    frozen_mode "eval": frozen modules in eval mode, so their BatchNorm statistics stay put and
+    their dropout is off; "train": the whole model in train mode (the reference's `model.train()`),
+    so every BatchNorm normalises with batch statistics and re-estimates its running ones, frozen
+    or not. `eval_groups` go to eval mode in either case (the reference's Mask2Former backbone).
+
+    Returns the trainable parameters (each once). Raises ValueError naming unknown groups and the valid ones.
     """
     groups = model.group_modules()
-    unknown = sorted(set(trainable) - set(groups))
+    unknown = sorted((set(trainable) | set(eval_groups)) - set(groups))
     if unknown or not trainable:
         raise ValueError(f"trainable groups {unknown or trainable} are not groups of a {model.kind} model; "
                          f"expected a non-empty subset of {list(groups)}")
+    if frozen_mode not in ("train", "eval"):
+        raise ValueError(f"frozen_mode {frozen_mode!r}: expected 'train' or 'eval'")
     model.requires_grad_(False)
-    model.eval()
+    model.train(frozen_mode == "train")
     params: list[nn.Parameter] = []
+    seen: set[int] = set()
     for name in trainable:
         for module in groups[name]:
             module.requires_grad_(True)
             module.train()
-            params.extend(module.parameters())
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+    for name in eval_groups:
+        for module in groups[name]:
+            module.eval()
     return params
 
 
@@ -243,10 +329,25 @@ def trained_segmenter(config: dict[str, Any], state: dict[str, Any], origin: str
                       model: UncertaintyModel | None = None) -> TrainedSegmenter:
     """What `load_segmenter` returns for a training export (``{"config": {"kind": ...}, "state_dict"}``)."""
     model = model if model is not None else model_from_export(config, state, origin)
+    # The WideResNet38 DeepLab needs inputs divisible by its output stride only; padding further would
+    # change its image-pooling branch (a mean over the padded image)
+    divisor = WRN38_DIVISOR if model.kind == "deeplab_wrn38" else SIZE_DIVISOR
     segmenter = TrainedSegmenter(model, num_classes=model.num_classes, name=origin,
                                  mean=tuple(config.get("mean", IMAGENET_MEAN)),
-                                 std=tuple(config.get("std", IMAGENET_STD)))
+                                 std=tuple(config.get("std", IMAGENET_STD)), size_divisor=divisor)
     segmenter.config = dict(config)
+    return segmenter
+
+
+def wrn38_segmenter(config: dict[str, Any], payload: dict[str, Any], origin: str) -> SmpSegmenter:
+    """The reference's closed-world WideResNet38 DeepLabV3+ (`wrn38`) as a segmenter; score = energy.
+
+    `payload` is the checkpoint as read (``{"state_dict": ...}`` or a bare state dict); inputs are
+    normalised with ImageNet's mean and std and padded to a multiple of 8 (the output stride).
+    """
+    model = build_wrn38(published_state(payload, origin), origin)
+    segmenter = SmpSegmenter(model, num_classes=model.num_classes, size_divisor=WRN38_DIVISOR, name=origin)
+    segmenter.config = {"kind": "wrn38", "wrn38": dict(model.config)}
     return segmenter
 
 

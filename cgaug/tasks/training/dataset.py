@@ -390,7 +390,8 @@ class PairDataset:
             obj = self.objects.get(int(rng.integers(len(self.objects))))
         pair = make_pair(image, label, aug, aug_label, noise, crop=tuple(cfg.crop_size),
                          flip_probability=cfg.flip_probability, mixup_max=cfg.mixup_max if cfg.mixup else None,
-                         obj=obj, scales=list(cfg.anomaly_scales), rng=rng, void_noise=cfg.use_noise_mask)
+                         obj=obj, scales=list(cfg.anomaly_scales), rng=rng, void_noise=cfg.use_noise_mask,
+                         augmentations=cfg.augmentations, augment_probability=cfg.augment_probability)
         import torch
 
         return {

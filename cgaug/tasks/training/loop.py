@@ -1,10 +1,13 @@
 """Two-stage noise-aware training (method.md, Part 2): the loop, checkpoints, exact resume. No Prefect.
 
-Stage 1 trains only the uncertainty function (every other parameter frozen, frozen modules in eval
-mode so batch-norm statistics stay put); stage 2 unfreezes the configured groups with its own
-learning rate. Each epoch ends with an optional validation, a checkpoint written atomically
-(``checkpoints/epoch-NNNN.pt`` and ``checkpoints/last.pt``; ``checkpoints/best.pt`` when the
-validation AP improves) and a metrics record.
+Stage 1 trains only the uncertainty function (every other parameter frozen); stage 2 unfreezes the
+configured groups with its own optimizer, learning rate (per-group multipliers), weight decay and
+gradient clipping. By default the whole model runs in train mode as in the reference, so frozen
+batch-norm layers still normalise with batch statistics and update their running ones;
+`frozen_mode: eval` keeps frozen modules in eval mode instead. A stage with `mask_losses` adds
+Mask2Former's own class / mask / dice losses. Each epoch ends with an optional validation, a
+checkpoint written atomically (``checkpoints/epoch-NNNN.pt`` and ``checkpoints/last.pt``;
+``checkpoints/best.pt`` when the validation AP improves) and a metrics record.
 
 Why resume is exact: the data order, variant choice, crops and anomaly objects derive from (run
 seed, epoch, source id), the loss's pixel sampling from (run seed, epoch, step), and the
@@ -49,7 +52,8 @@ MODEL_NAME = "model.pt"
 LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 POLY_POWER = 0.9
-LOSS_KEYS = ("loss", "unc", "unc_out_in", "unc_out_aug", "unc_pair", "ce", "ce_sel", "selection_rate")
+LOSS_KEYS = ("loss", "unc", "unc_out_in", "unc_out_aug", "unc_pair", "ce", "ce_sel", "selection_rate",
+             "m2f_class", "m2f_mask", "m2f_dice")
 
 
 class RunDirError(ValueError):
@@ -75,10 +79,17 @@ class StepRunner:
         from cgaug.models.segmenters.uncertainty import set_trainable
 
         self.model, self.cfg, self.stage, self.device = model, cfg, stage, device
-        stage_cfg = stage_config(cfg, stage)
+        stage_cfg = self.stage_cfg = stage_config(cfg, stage)
         self.trainable = list(stage_cfg.trainable)
-        self.params = set_trainable(model, self.trainable)
-        self.optimizer = torch.optim.Adam(self.params, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
+        self.params = set_trainable(model, self.trainable, stage_cfg.frozen_mode, stage_cfg.eval_groups)
+        if stage_cfg.mask_losses and not hasattr(model, "forward_with_queries"):
+            raise ValueError(f"stage{stage}.mask_losses: Mask2Former's own losses need a mask2former model, "
+                             f"not a {model.kind} one")
+        self.mask_points = cfg.loss.mask_points or int(getattr(getattr(getattr(model, "hf", None), "config", None),
+                                                                "train_num_points", 12544))
+        optimizer = torch.optim.AdamW if stage_cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(param_groups(model, stage_cfg), lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
+        self.grad_clip = stage_cfg.grad_clip if stage_cfg.grad_clip is not None else cfg.run.grad_clip
         total = max(1, stage_cfg.epochs * steps_per_epoch)
         if stage_cfg.scheduler == "poly":
             def factor(step: int) -> float:
@@ -92,11 +103,16 @@ class StepRunner:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
+    @property
+    def lr(self) -> float:
+        """The stage's current base learning rate (groups with a multiplier run at a multiple of it)."""
+        return float(self.stage_cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))
+
     def restore_modes(self) -> None:
         """Back to this stage's train/eval modes after validation put the whole model in eval mode."""
         from cgaug.models.segmenters.uncertainty import set_trainable
 
-        set_trainable(self.model, self.trainable)
+        set_trainable(self.model, self.trainable, self.stage_cfg.frozen_mode, self.stage_cfg.eval_groups)
 
     def step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
         """Forward originals and augmented images together, the loss, backward, clip, update."""
@@ -109,16 +125,20 @@ class StepRunner:
         label = batch["label"].to(self.device, non_blocking=True)
         aug_label = batch["aug_label"].to(self.device, non_blocking=True)
         n = image.shape[0]
+        queries = None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            logits, u = self.model(torch.cat([image, aug]))
+            if self.stage_cfg.mask_losses:
+                logits, u, queries = self.model.forward_with_queries(torch.cat([image, aug]))
+            else:
+                logits, u = self.model(torch.cat([image, aug]))
         terms = training_loss(logits[:n], u[:n], label, logits[n:], u[n:], aug_label, self.cfg.loss,
-                              self.model.num_classes, generator)
+                              self.model.num_classes, generator, mask_outputs=queries, mask_points=self.mask_points)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
-        if self.cfg.run.grad_clip is not None:
+        if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.run.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -133,6 +153,44 @@ class StepRunner:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def param_groups(model: UncertaintyModel, stage: TrainStageConfig) -> list[dict[str, Any]]:
+    """Optimizer parameter groups of a stage: per model group its lr multiplier, and `norm_weight_decay` for
+    normalisation, embedding and position-bias parameters (detectron2's WEIGHT_DECAY_NORM / _EMBED rule,
+    which the reference's Mask2Former stage 2 uses: `train_m2f.py:246-265`).
+
+    Raises ValueError naming multiplier keys that are not groups of the model.
+    """
+    from torch import nn
+
+    modules = model.group_modules()
+    unknown = sorted(set(stage.lr_multipliers) - set(modules))
+    if unknown:
+        raise ValueError(f"lr_multipliers {unknown} are not groups of a {model.kind} model; expected some of "
+                         f"{list(modules)}")
+    special: set[int] = set()
+    if stage.norm_weight_decay is not None:
+        norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+                 nn.LocalResponseNorm, nn.Embedding)
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if isinstance(module, norms) or "relative_position_bias_table" in name or "absolute_pos_embed" in name:
+                    special.add(id(p))
+    seen: set[int] = set()
+    groups: list[dict[str, Any]] = []
+    for name in stage.trainable:
+        params = [p for m in modules[name] for p in m.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        lr = stage.lr * stage.lr_multipliers.get(name, 1.0)
+        for is_special in (False, True):
+            chosen = [p for p in params if (id(p) in special) == is_special]
+            if chosen:
+                decay = stage.norm_weight_decay if is_special else stage.weight_decay
+                groups.append({"params": chosen, "lr": lr, "weight_decay": decay, "name": name})
+    if not groups:
+        raise ValueError(f"the groups {stage.trainable} of a {model.kind} model hold no parameter")
+    return groups
 
 
 def loss_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -317,8 +375,7 @@ def train(out: str, *, cfg: TrainConfig | None = None, source: str | None = None
                 state.step += 1
                 if steps >= steps_per_epoch:
                     break
-            record = _epoch_record(epoch, stage, sums, steps, images, time.perf_counter() - started,
-                                   runner.optimizer.param_groups[0]["lr"])
+            record = _epoch_record(epoch, stage, sums, steps, images, time.perf_counter() - started, runner.lr)
             if cfg.run.validation and (epoch + 1) % cfg.run.validate_every == 0:
                 record.update(validate(model, cfg, device))
                 runner.restore_modes()

@@ -164,3 +164,29 @@ def test_mask2former_checkpoints_load_for_evaluation_and_as_training_init(m2f, t
     assert torch.equal(resumed.class_embed2.weight, m2f.class_embed2.weight)
     with pytest.raises(CheckpointError, match="expects a Mask2Former checkpoint"):
         build_train_model(TrainModelConfig(kind="mask2former", checkpoint="tiny"))
+
+
+def test_stage_2_of_the_deeplab_preset_trains_exactly_aspp_the_bottleneck_and_w(deeplab):
+    from cgaug.config import load_train_config
+
+    cfg = load_train_config(preset="deeplab", environ={})
+    set_trainable(deeplab, cfg.stage2.trainable, cfg.stage2.frozen_mode)
+    names = {n for n, _ in deeplab.named_parameters()}
+    expected = {n for n in names if n.startswith(("model.decoder.aspp.", "model.decoder.block1.", "uncertainty."))}
+    assert set(trainable_names(deeplab)) == expected
+    assert not any(n.startswith("model.decoder.block2") for n in expected)  # the reference's frozen `final` block
+    set_trainable(deeplab, ["aspp", "decoder", "uncertainty"])  # the former default, still an option
+    assert any(n.startswith("model.decoder.block2") for n in trainable_names(deeplab))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_frozen_batch_norm_statistics_move_in_train_mode_only(mode):
+    model = build_train_model(TrainModelConfig(tiny=True))
+    set_trainable(model, ["uncertainty"], mode)
+    encoder_stats = {k: v.clone() for k, v in model.state_dict().items()
+                     if k.startswith("model.encoder") and k.endswith("running_mean")}
+    with torch.no_grad():
+        model(X)
+    moved = [k for k, v in encoder_stats.items() if not torch.equal(v, model.state_dict()[k])]
+    assert bool(moved) == (mode == "train") and model.model.encoder.training == (mode == "train")
+    assert model.uncertainty.training and not any(p.requires_grad for p in model.model.encoder.parameters())

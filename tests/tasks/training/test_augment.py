@@ -1,10 +1,12 @@
-"""Pair augmentation: mixup weight, one crop and flip for both images, the pasted object's label."""
+"""Pair augmentation: mixup weight, one crop and flip for both images, the pasted object's label, the
+reference's Mask2Former augmentations."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from cgaug.tasks.training.augment import make_pair, mixup, paste_object
+from cgaug.tasks.training.augment import AUGMENTATIONS, augment, make_pair, mixup, paste_object
 
 
 def test_mixup_blends_the_original_into_the_augmented_image():
@@ -60,3 +62,46 @@ def test_anomaly_mix_works_on_read_only_inputs_and_leaves_them_alone():
     assert pair.pasted_pixels == 36 and (pair.label == 254).sum() == 36
     assert (pair.image[pair.label == 254] == 200).all()
     assert np.array_equal(image, before[0]) and np.array_equal(label, before[1])
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    label = np.zeros((48, 64), np.uint8)
+    label[:, 32:] = 13
+    return image, label
+
+
+def test_reference_augmentations_apply_one_draw_to_both_images():
+    image, label = _scene()
+    noise = np.zeros(label.shape, bool)
+    for seed in range(4):
+        out = augment(image, label, image.copy(), label.copy(), noise, AUGMENTATIONS, 1.0, np.random.default_rng(seed))
+        assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[3])  # the same draw on both
+        assert not np.array_equal(out[0], image)
+        assert set(np.unique(out[1])) <= {0, 13, 255}  # labels are moved, never blended
+
+
+def test_rotation_fills_labels_with_void_and_photometric_steps_leave_labels_alone():
+    image, label = _scene()
+    noise = np.zeros(label.shape, bool)
+    rotated = augment(image, label, image, label, noise, ["rotate"], 1.0, np.random.default_rng(0))
+    assert (rotated[1] == 255).any() and rotated[1][24, 16] == 0 and rotated[1][24, 48] == 13
+    colour = augment(image, label, image, label, noise, ["color", "blur", "equalize"], 1.0, np.random.default_rng(0))
+    assert np.array_equal(colour[1], label) and not np.array_equal(colour[0], image)
+    untouched = augment(image, label, image, label, noise, ["rotate", "color"], 0.0, np.random.default_rng(0))
+    assert np.array_equal(untouched[0], image) and np.array_equal(untouched[1], label)
+    resized = augment(image, label, image, label, noise, ["resize"], 1.0, np.random.default_rng(1))
+    assert resized[1].shape[0] in (33, 38, 43, 48) and resized[0].shape[:2] == resized[1].shape
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        augment(image, label, image, label, noise, ["mosaic"], 1.0, np.random.default_rng(0))
+
+
+def test_make_pair_runs_the_augmentations_before_the_crop():
+    image, label = _scene()
+    pair = make_pair(image, label, image.copy(), label.copy(), None, crop=(32, 32), flip_probability=0.0,
+                     mixup_max=None, obj=None, scales=[1.0], rng=np.random.default_rng(0),
+                     augmentations=["vflip"], augment_probability=1.0)
+    assert pair.image.shape == (32, 32, 3)
+    flipped = image[::-1]
+    assert any(np.array_equal(flipped[y:y + 32, x:x + 32], pair.image) for y in range(17) for x in range(33))

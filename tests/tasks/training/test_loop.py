@@ -59,13 +59,19 @@ def test_resume_from_the_stage_1_checkpoint_reproduces_the_next_epoch(dataset, s
     assert not list(run.rglob(".*.tmp-*"))  # atomic writes leave no temporary file
 
 
-def test_stage_1_moves_only_w(dataset, shards, tmp_path):
+@pytest.mark.parametrize("frozen_mode", ["train", "eval"])
+def test_stage_1_moves_only_w_and_batch_norm_statistics_follow_the_mode(dataset, shards, tmp_path, frozen_mode):
     cfg = tiny()
+    cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"frozen_mode": frozen_mode})})
     before = build_train_model(cfg.model).state_dict()
     train(str(tmp_path / "run"), cfg=cfg, source=str(dataset), shards=str(shards), stop_after_epoch=0)
     after = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"uncertainty.weight", "uncertainty.bias"}
+    statistics = {k for k in changed if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+    assert changed - statistics == {"uncertainty.weight", "uncertainty.bias"}
+    # train mode (the reference): every BatchNorm, frozen or not, re-estimates its statistics; eval: none moves
+    assert bool(statistics) == (frozen_mode == "train")
+    assert any(k.startswith("model.encoder") for k in statistics) == (frozen_mode == "train")
 
 
 def test_run_directory_errors_name_the_file(dataset, shards, tmp_path):
