@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from cgaug.storage.fs import Root
-from cgaug.tasks.generation.filter import GATE_BY_NAME, GATES, QUANTILES
+from cgaug.tasks.generation.filter import QUANTILES
+from cgaug.tasks.generation.gates import GATE_BY_NAME, GATES
 
 INDEX_NAME = "index.parquet"
 CONFIG_NAME = "config.json"
