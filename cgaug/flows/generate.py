@@ -18,17 +18,11 @@ from prefect import flow, get_run_logger, task
 
 from cgaug.config import CGAugConfig
 from cgaug.flows.fanout import Orchestration, fan_out
-from cgaug.flows.shard import (
-    CLAIMED,
-    CONFIG_FILE,
-    PLAN_FILE,
-    PlanMismatch,
-    check_config,
-    load_plan,
-    shard_task,
-)
+from cgaug.flows.shard import produce_shard_task
 from cgaug.storage.fs import open_root
-from cgaug.tasks.generation.plan import PlanEntry, extend_plan, plan_to_table, shards_of
+from cgaug.storage.plan import CONFIG_FILE, PLAN_FILE, PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
+from cgaug.tasks.generation.plan import extend_plan, shards_of
+from cgaug.tasks.generation.produce import CLAIMED
 
 __all__ = ["PlanMismatch", "cgaug", "plan_run"]
 
@@ -163,7 +157,7 @@ def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
     if orch.in_process:
         claimed = []
         for shard in plan["pending"]:
-            outcome = shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
+            outcome = produce_shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
             if outcome["status"] == CLAIMED:
                 notes.append(f"shard {shard:05d} skipped: {outcome['detail']}")
                 claimed.append(shard)
