@@ -128,28 +128,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- generation
 
 
-def generate(
-    pipe: StableDiffusionControlNetPipeline,
-    cfg: GeneratorConfig,
-    cond_maps: list[np.ndarray],
-    prompts: list[str],
-    negatives: list[str],
-    seeds: list[int],
-    *,
-    photos: list[np.ndarray] | None = None,
-    photo_masks: list[np.ndarray | None] | None = None,
-    report: GenerationReport | None = None,
-    pad: bool | None = None,
-) -> list[np.ndarray]:
+def generate(pipe: StableDiffusionControlNetPipeline, cfg: GeneratorConfig, cond_maps: list[np.ndarray],
+             prompts: list[str], negatives: list[str], seeds: list[int], **options: Any) -> list[np.ndarray]:
     """Images (uint8, H x W x 3, the conditioning maps' size), one per conditioning map.
 
     Runs in chunks of `cfg.batch_size`; each sample has its own generator seeded with its seed.
-    All conditioning maps of one call must have the same size. Keyword arguments: see
-    `generate_float`.
+    All conditioning maps of one call must have the same size. Keyword options (photos,
+    photo_masks, report, pad): see `generate_float`.
     """
     height, width = _check_inputs(cond_maps, prompts, negatives, seeds)
-    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, photos=photos,
-                         photo_masks=photo_masks, report=report, pad=pad)
+    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, **options)
     return [resize_photo(to_uint8(image), height, width) for image in raw]
 
 
