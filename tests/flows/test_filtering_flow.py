@@ -18,7 +18,7 @@ from cgaug.seeds import derive_seed
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.shards import verify
-from cgaug.tasks.generation.filter import GATES
+from cgaug.tasks.generation.gates import GATES
 
 ALL_GATES = [g.name for g in GATES]
 
