@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 test: venv
 	$(PY) -m ruff check cgaug tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: venv
@@ -43,6 +44,7 @@ stack-down: venv
 
 lint: venv
 	$(PY) -m ruff check cgaug tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) benchmarks/compose.py

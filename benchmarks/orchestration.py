@@ -105,7 +105,7 @@ def deployed(source: Path, out: Path, cfg: dict, state: Path, shards_per_child: 
         by_child: dict[str, list[float]] = {}
         for shard in shard_ids:  # the reports say which child produced a shard and how long it took
             quality, producer = read_report(root, shard)
-            by_child.setdefault(producer.get("flow_run", "?"), []).append(quality.seconds or 0.0)
+            by_child.setdefault(producer.get("flow_run", "?"), []).append(quality.stats.seconds or 0.0)
         child_wall = sum(c.total_run_time.total_seconds() for c in children)
         child_latency = sum((c.start_time - c.expected_start_time).total_seconds() for c in children)
         return {"wall_s": wall, "children": len(children), "shards": len(shard_ids),

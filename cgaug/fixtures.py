@@ -33,6 +33,9 @@ ANNOTATED_FRAME = 19  # the official gtFine annotations are all of frame 000019 
 MIN_SIZE = 64
 MASK_CLASSES = ("animal", "box", "barrel", "ashcan", "bag")
 """ADE20K-150 classes that Cityscapes lacks; the mask folder's sub-folders are named by them."""
+MASKS_DIR = "bank_masks"  # object silhouettes, {class}/{class}_{i:03d}.png (the folder bank layout)
+OBJECT_IMAGES_DIR = "bank_images"  # the same paths with the objects' pixels, for the anomaly mix
+BANK_FILE = "bank.parquet"  # the bank built from MASKS_DIR: where `generate` and `train` look by default
 
 _ID = {label.name: label.id for label in CITYSCAPES_LABELS}
 # Cityscapes' classes with hasInstances=True: their objects get id*1000+k in *_instanceIds.png
@@ -518,19 +521,62 @@ def render_mask(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def write_fixture_masks(dest: str | Path, seed: int = 0, per_class: int = 3) -> dict[str, int]:
+# Base colours of the fixture objects' pixels: distinct from the street's palette, so a pasted object is
+# visible, but textured (low-frequency shading + grain), so it is not trivially one flat colour.
+_OBJECT_COLORS = {"animal": (150, 105, 60), "box": (190, 150, 90), "barrel": (40, 90, 160),
+                  "ashcan": (70, 110, 70), "bag": (170, 60, 90)}
+
+
+def render_object_pixels(mask: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:
+    """(h, w, 3) uint8 RGB pixels for a silhouette: the object textured, a neutral grey around it."""
+    h, w = mask.shape
+    base = _jitter(rng, _OBJECT_COLORS[name], 25.0)
+    shade = 1.0 + 0.25 * _smooth_noise(rng, h, w, (3, 3))
+    light = np.linspace(1.15, 0.8, h, dtype=np.float32)[:, None, None]  # lit from above
+    grain = rng.normal(0.0, 6.0, (h, w, 3)).astype(np.float32)
+    pixels = np.clip(base * shade * light + grain, 0, 255)
+    pixels[mask == 0] = 128.0
+    return pixels.astype(np.uint8)
+
+
+def write_fixture_masks(dest: str | Path, seed: int = 0, per_class: int = 3,
+                        images: str | Path | None = None) -> dict[str, int]:
     """Write binary object silhouettes as ``{dest}/{class}/{class}_{i:03d}.png``; returns {class: count}.
 
-    The layout is the one the folder bank builder reads (class = sub-folder).
+    The layout is the one the folder bank builder reads (class = sub-folder). With `images`, each
+    mask's object pixels go to the same relative path under it: the layout the training anomaly mix
+    reads (`data.bank_images`), since masks alone have no pixels to paste.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1; found {per_class}")
     root = open_root(os.fspath(dest))
+    pixels_root = None if images is None else open_root(os.fspath(images))
     counts = {}
     for class_index, name in enumerate(MASK_CLASSES):
         rng = np.random.default_rng([seed, class_index])
         for i in range(per_class):
             mask = render_mask(name, rng, int(rng.integers(60, 301)))
             root.write_bytes_atomic(f"{name}/{name}_{i:03d}.png", _png(mask))
+            if pixels_root is not None:
+                # Its own stream, so the masks stay byte-identical with and without pixels.
+                pixel_rng = np.random.default_rng([seed, class_index, i, 1])
+                pixels_root.write_bytes_atomic(f"{name}/{name}_{i:03d}.png",
+                                               _png(render_object_pixels(mask, name, pixel_rng)))
         counts[name] = per_class
     return counts
+
+
+def write_fixture_dataset(dest: str | Path, images: int, split: str = "train", seed: int = 0, height: int = 256,
+                          width: int = 512) -> tuple[list[str], dict[str, int]]:
+    """Everything `generate` and `train` need with their defaults: scenes, object masks, their pixels, bank.
+
+    Returns (source ids, {mask class: count}). The bank is built by the same folder builder as
+    `cgaug bank build --from folder`, so the fixture path and the user's path cannot drift apart.
+    """
+    from cgaug.storage.bank_sources import build_from_folder
+
+    dest = Path(dest)
+    source_ids = write_fixtures(dest, images=images, split=split, seed=seed, height=height, width=width)
+    counts = write_fixture_masks(dest / MASKS_DIR, seed=seed, images=dest / OBJECT_IMAGES_DIR)
+    build_from_folder(str(dest / MASKS_DIR), str(dest / BANK_FILE))
+    return source_ids, counts

@@ -6,7 +6,8 @@ not pull matplotlib and requests at run time. The ADE20K-150 names and colours
 ship as `cgaug/data/ade20k_150.json`; the tests check them against
 `controlnet_aux.util.ade_palette()`, the palette the seg ControlNet was
 trained with (150 entries, no background entry; road and skyscraper share
-(140, 140, 140)).
+(140, 140, 140)). The reference's hand-picked OOD class lists (82 training,
+32 validation classes) ship as `cgaug/data/ade20k_ood_classes.json`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -134,9 +136,46 @@ def ade_color(name: str) -> tuple[int, int, int]:
     return tuple(int(c) for c in ade_palette()[classes.index(name)])  # type: ignore[return-value]
 
 
+OodClassList = Literal["train", "validation", "unmapped"]
+OOD_CLASS_LISTS: tuple[str, ...] = get_args(OodClassList)
+
+
 @cache
+def _reference_ood_lists() -> dict[str, tuple[str, ...]]:
+    """The reference's hand-picked lists from `cgaug/data/ade20k_ood_classes.json`, by 1-based ADE index.
+
+    The file keeps the reference's indices (its own pickles are 1-based) and the names beside them for
+    readers; the indices decide, and a name that disagrees with the class table is a corrupt file.
+    """
+    data = json.loads(resources.files("cgaug.data").joinpath("ade20k_ood_classes.json").read_text())
+    classes = ade_classes()
+    lists = {}
+    for key in ("train", "validation"):
+        names = tuple(classes[i - 1] for i in data[key]["index_1based"])
+        if list(names) != data[key]["names"]:
+            raise ValueError(f"cgaug/data/ade20k_ood_classes.json: the {key} list's indices name {names}, "
+                             f"not {data[key]['names']}; expected 1-based ADE20K-150 indices")
+        lists[key] = names
+    return lists
+
+
 def default_ood_classes() -> tuple[str, ...]:
-    """ADE20K classes that no Cityscapes class maps to and whose colour no mapped class uses.
+    """The reference's 82 training OOD classes (ADE20K-150 names, in palette order).
+
+    The reference pastes only these hand-picked classes: indoor furniture and objects that could plausibly
+    lie on a road, not scenery such as 'mountain', 'sea' or 'floor' that Cityscapes lacks as well.
+    """
+    return _reference_ood_lists()["train"]
+
+
+def validation_ood_classes() -> tuple[str, ...]:
+    """The reference's 32 validation OOD classes (a subset of the training list, in the reference's order)."""
+    return _reference_ood_lists()["validation"]
+
+
+@cache
+def unmapped_ood_classes() -> tuple[str, ...]:
+    """Every ADE20K class that no Cityscapes class maps to and whose colour no mapped class uses (131).
 
     The colour check drops 'skyscraper', which shares road's (140,140,140):
     a pasted skyscraper would be indistinguishable from road in the map.
@@ -146,6 +185,14 @@ def default_ood_classes() -> tuple[str, ...]:
     return tuple(
         name for name in ade_classes() if name not in mapped and ade_color(name) not in mapped_colors
     )
+
+
+def ood_class_list(name: OodClassList) -> tuple[str, ...]:
+    """A named OOD class list: 'train' (the default), 'validation' or 'unmapped'."""
+    lists = {"train": default_ood_classes, "validation": validation_ood_classes, "unmapped": unmapped_ood_classes}
+    if name not in lists:
+        raise KeyError(f"unknown OOD class list {name!r}; expected one of {', '.join(OOD_CLASS_LISTS)}")
+    return lists[name]()
 
 
 @cache

@@ -9,6 +9,13 @@ deploy/automations.yaml and every deployment of deploy/prefect.yaml.
 `cgaug stack down` stops it: workers with SIGINT (they ignore SIGTERM), then
 the server. The end-to-end tests drive the same functions.
 
+The server listens on 127.0.0.1 only. With an auth string (`cgaug stack up
+--auth-string`, $CGAUG_STACK_AUTH or $PREFECT_SERVER_API_AUTH_STRING) it also
+requires HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING), and every process
+the stack starts as a client (bootstrap, deploy, workers and so every flow run
+they start) gets PREFECT_API_AUTH_STRING: other local users then cannot start
+runs either.
+
 Everything the stack starts is a process group of its own, recorded in
 ``STATE/stack.json``, with its log in ``STATE/logs/``.
 """
@@ -38,6 +45,7 @@ POOLS_DIR = "deploy/pools"
 STATE_FILE = "stack.json"
 DEFAULT_DATA_ROOT = "/data"  # the shared volume of docker-compose.yml
 SERVER_START_TIMEOUT_S = 120.0
+AUTH_ENV = ("CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING")  # where `cgaug stack up` looks (resolve_auth)
 WORKER_STOP_TIMEOUT_S = 20.0
 
 
@@ -53,6 +61,7 @@ class StackState:
     ui_url: str
     state_dir: str
     processes: dict[str, int] = field(default_factory=dict)  # name -> pid (each leads its process group)
+    auth: bool = False  # the server requires basic auth (the string itself is never written here)
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -85,8 +94,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def base_env(api_url: str | None = None, home: str | Path | None = None) -> dict[str, str]:
-    """Environment of every stack process: quiet, offline-friendly, fast polling, one API."""
+def resolve_auth(auth_string: str | None = None) -> str | None:
+    """The stack's basic-auth string: the one given, else $CGAUG_STACK_AUTH, else $PREFECT_SERVER_API_AUTH_STRING.
+
+    What `cgaug stack up` uses. Both variables count so that a server variable exported for compose
+    protects `cgaug stack up` too, instead of reaching the server alone and locking out its workers.
+    """
+    for candidate in (auth_string, *(os.environ.get(name) for name in AUTH_ENV)):
+        if candidate:
+            return candidate
+    return None
+
+
+def client_settings(api_url: str, auth_string: str | None = None) -> dict[Any, str]:
+    """`temporary_settings` updates for a client of the stack: its API and, when it has one, the auth string."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    updates: dict[Any, str] = {PREFECT_API_URL: api_url}
+    if auth_string:
+        updates[PREFECT_API_AUTH_STRING] = auth_string
+    return updates
+
+
+def base_env(api_url: str | None = None, home: str | Path | None = None, auth_string: str | None = None
+             ) -> dict[str, str]:
+    """Environment of every stack process: quiet, offline-friendly, fast polling, one API (and its password)."""
     env = dict(os.environ)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")  # the 10 s default dominates short runs
@@ -95,6 +127,8 @@ def base_env(api_url: str | None = None, home: str | Path | None = None) -> dict
         env["PREFECT_HOME"] = str(home)
     if api_url is not None:
         env["PREFECT_API_URL"] = api_url
+    if auth_string:
+        env["PREFECT_API_AUTH_STRING"] = auth_string  # a process worker hands it on to every flow run
     return env
 
 
@@ -126,12 +160,20 @@ def wait_healthy(api_url: str, timeout_s: float = SERVER_START_TIMEOUT_S, proces
     raise StackError(f"the Prefect server at {api_url} did not become healthy within {timeout_s:.0f} s")
 
 
-def start_server(state_dir: Path, port: int, database_url: str | None = None, host: str = "127.0.0.1"
-                 ) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` with its state under `state_dir` (SQLite unless `database_url`)."""
+def start_server(state_dir: Path, port: int, database_url: str | None = None, host: str = "127.0.0.1",
+                 auth_string: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` with its state under `state_dir` (SQLite unless `database_url`).
+
+    With `auth_string` every API request but the health probe needs it as HTTP basic auth, and the UI
+    asks for it on a login page.
+    """
     api_url = f"http://{host}:{port}/api"
     env = base_env(home=state_dir / "prefect")
     env.pop("PREFECT_API_URL", None)
+    # Set or removed, never inherited: an empty inherited value would switch auth on with "" as password.
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     env["PREFECT_SERVER_UI_API_URL"] = api_url  # the UI calls the API at this address (default port 4200)
     env["PREFECT_UI_API_URL"] = api_url
     if database_url:
@@ -156,7 +198,8 @@ def pool_template(pool_type: str, project: Path) -> dict[str, Any]:
     return ProcessWorker.get_default_base_job_template()
 
 
-def ensure_pools(api_url: str, project: Path, pool_type: str = "process") -> list[str]:
+def ensure_pools(api_url: str, project: Path, pool_type: str = "process", auth_string: str | None = None
+                 ) -> list[str]:
     """Create the pools `cpu` and `gpu`, or bring the gpu pool's job template up to date with deploy/pools.
 
     Returns what changed, e.g. ["created cpu", "updated gpu"]. A pool of another type than asked is
@@ -169,7 +212,7 @@ def ensure_pools(api_url: str, project: Path, pool_type: str = "process") -> lis
     wanted = {CPU_POOL: ("process", ProcessWorker.get_default_base_job_template()),
               GPU_POOL: (pool_type, pool_template(pool_type, project))}
     changes = []
-    with _client(api_url) as client:
+    with _client(api_url, auth_string) as client:
         for name, (kind, template) in wanted.items():
             try:
                 pool = client.read_work_pool(name)
@@ -187,11 +230,12 @@ def ensure_pools(api_url: str, project: Path, pool_type: str = "process") -> lis
 
 
 @contextlib.contextmanager
-def _client(api_url: str):
+def _client(api_url: str, auth_string: str | None = None):
+    """A sync client of the server; without `auth_string`, PREFECT_API_AUTH_STRING from the environment counts."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with temporary_settings(client_settings(api_url, auth_string)), get_client(sync_client=True) as client:
         yield client
 
 
@@ -209,13 +253,13 @@ def load_automations(path: Path) -> list[Any]:
         raise StackError(f"{path}: invalid automation: {exc}") from exc
 
 
-def ensure_automations(api_url: str, project: Path) -> list[str]:
+def ensure_automations(api_url: str, project: Path, auth_string: str | None = None) -> list[str]:
     """Create the automations of deploy/automations.yaml that the server does not have yet (by name)."""
     path = project / AUTOMATIONS_FILE
     if not path.is_file():
         return []
     created = []
-    with _client(api_url) as client:
+    with _client(api_url, auth_string) as client:
         for automation in load_automations(path):
             if not client.read_automations_by_name(automation.name):
                 client.create_automation(automation)
@@ -223,9 +267,10 @@ def ensure_automations(api_url: str, project: Path) -> list[str]:
     return created
 
 
-def deploy_all(api_url: str, project: Path, data_root: str, timeout_s: float = 300.0) -> str:
+def deploy_all(api_url: str, project: Path, data_root: str, timeout_s: float = 300.0,
+               auth_string: str | None = None) -> str:
     """`prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml` from the repository root."""
-    env = base_env(api_url)
+    env = base_env(api_url, auth_string=auth_string)
     env["CGAUG_DATA"] = data_root  # the deployments' default source/out/bank live under it
     result = subprocess.run([prefect_bin(), "--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_FILE],
                             cwd=project, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -235,15 +280,18 @@ def deploy_all(api_url: str, project: Path, data_root: str, timeout_s: float = 3
     return result.stdout
 
 
-def bootstrap(api_url: str, project: Path, pool_type: str = "process", data_root: str | None = None) -> list[str]:
+def bootstrap(api_url: str, project: Path, pool_type: str = "process", data_root: str | None = None,
+              auth_string: str | None = None) -> list[str]:
     """Pools, automations and deployments: everything a fresh server needs before workers start.
 
     Idempotent. Without `data_root`, `CGAUG_DATA` from the environment (or /data) is the deployments'
-    default data root.
+    default data root; without `auth_string`, PREFECT_API_AUTH_STRING from the environment (compose's
+    bootstrap service) authenticates, if set.
     """
-    changes = ensure_pools(api_url, project, pool_type)
-    changes += [f"created automation {name}" for name in ensure_automations(api_url, project)]
-    deploy_all(api_url, project, data_root or os.environ.get("CGAUG_DATA", DEFAULT_DATA_ROOT))
+    changes = ensure_pools(api_url, project, pool_type, auth_string)
+    changes += [f"created automation {name}" for name in ensure_automations(api_url, project, auth_string)]
+    deploy_all(api_url, project, data_root or os.environ.get("CGAUG_DATA", DEFAULT_DATA_ROOT),
+               auth_string=auth_string)
     return [*changes, "deployed deploy/prefect.yaml"]
 
 
@@ -260,9 +308,9 @@ def gpu_ids() -> list[str]:
 
 
 def start_worker(name: str, pool: str, api_url: str, state_dir: Path, limit: int, gpu: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                 extra_env: dict[str, str] | None = None, auth_string: str | None = None) -> subprocess.Popen:
     """A process worker; a GPU worker sees only its GPU (the flow runs it starts inherit its environment)."""
-    env = base_env(api_url) | (extra_env or {})
+    env = base_env(api_url, auth_string=auth_string) | (extra_env or {})
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     elif pool == GPU_POOL:
@@ -303,11 +351,15 @@ def _reap(pid: int) -> None:
 def up(state_dir: str | Path, *, port: int | None = None, database_url: str | None = None,
        pool_type: str = "process", project: Path | None = None, gpus: list[str] | None = None,
        cpu_workers: int = 1, cpu_limit: int = 4, data_root: str | None = None,
-       worker_env: dict[str, str] | None = None) -> StackState:
+       worker_env: dict[str, str] | None = None, auth_string: str | None = None) -> StackState:
     """Start the server, bootstrap it and start the CPU worker and one GPU-pool worker per GPU.
 
     `gpus`: the GPU ids to start workers for (default: every visible GPU); without any, `cpu_workers`
-    GPU-pool workers run on the CPU (the tiny generator's stand-in for a GPU pool).
+    GPU-pool workers run on the CPU (the tiny generator's stand-in for a GPU pool). `auth_string`: the
+    server requires it and the stack's clients send it; without one the server is open (to local users:
+    it listens on 127.0.0.1). The environment is not consulted here (the CLI does, `resolve_auth`), so
+    that callers which talk to the stack without credentials (tests, benchmarks, the demo) keep working
+    in a shell that has CGAUG_STACK_AUTH set.
     """
     state_path = Path(state_dir).resolve()
     state_path.mkdir(parents=True, exist_ok=True)
@@ -317,18 +369,20 @@ def up(state_dir: str | Path, *, port: int | None = None, database_url: str | No
                          "stop it with `cgaug stack down` first")
     project = project or project_dir()
     port = port or free_port()
-    server, api_url = start_server(state_path, port, database_url)
-    state = StackState(api_url, api_url.removesuffix("/api"), str(state_path), {"server": server.pid})
+    server, api_url = start_server(state_path, port, database_url, auth_string=auth_string)
+    state = StackState(api_url, api_url.removesuffix("/api"), str(state_path), {"server": server.pid},
+                       auth=bool(auth_string))
     state.save()
     try:
-        bootstrap(api_url, project, pool_type, data_root or str(state_path / "data"))
+        bootstrap(api_url, project, pool_type, data_root or str(state_path / "data"), auth_string)
         state.processes["worker-cpu"] = start_worker("worker-cpu", CPU_POOL, api_url, state_path, cpu_limit,
-                                                     extra_env=worker_env).pid
+                                                     extra_env=worker_env, auth_string=auth_string).pid
         gpus = gpus if gpus is not None else gpu_ids()
         slots: list[tuple[str, str | None]] = [(f"worker-gpu{g}", g) for g in gpus] or [
             (f"worker-cpu-as-gpu{i}", None) for i in range(cpu_workers)]
         for name, gpu in slots:
-            state.processes[name] = start_worker(name, GPU_POOL, api_url, state_path, 1, gpu, worker_env).pid
+            state.processes[name] = start_worker(name, GPU_POOL, api_url, state_path, 1, gpu, worker_env,
+                                                 auth_string).pid
         state.save()
     except BaseException:
         down(state_path)

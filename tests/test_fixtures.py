@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cgaug.cli.fixtures import fixtures_command
-from cgaug.fixtures import MASK_CLASSES, write_fixture_masks, write_fixtures
+from cgaug.fixtures import MASK_CLASSES, write_fixture_dataset, write_fixture_masks, write_fixtures
 from cgaug.labels import ade_classes, default_ood_classes
 from cgaug.storage.cityscapes import list_sources, read_pair
 
@@ -230,7 +230,36 @@ def test_cli_writes_dataset_and_masks(tmp_path):
     assert [r.source_id for r in list_sources(str(dest), "val")] == ["aachen_000000_000019",
                                                                      "bochum_000000_000019"]
     assert len(list((dest / "bank_masks").rglob("*.png"))) == 3 * len(MASK_CLASSES)
-    assert "bank_masks" in result.output and "animal" in result.output
+    assert len(list((dest / "bank_images").rglob("*.png"))) == 3 * len(MASK_CLASSES)
+    assert (dest / "bank.parquet").is_file()
+    assert "bank_masks" in result.output and "animal" in result.output and "bank.parquet" in result.output
+
+
+def test_fixture_bank_has_pixels_the_anomaly_mix_finds_without_settings(tmp_path):
+    from cgaug.storage.bank import ObjectBank
+    from cgaug.tasks.training.dataset import BankObjects
+
+    _, counts = write_fixture_dataset(tmp_path, images=1, seed=3, height=64, width=128)
+    bank = ObjectBank.open(str(tmp_path / "bank.parquet"))
+    assert len(bank) == sum(counts.values()) == 3 * len(MASK_CLASSES)
+    objects = BankObjects(str(tmp_path / "bank.parquet"), None)  # finds bank_images/ beside the bank
+    for i in range(len(bank)):
+        rgb, mask = objects.get(i)
+        assert rgb.shape[:2] == mask.shape and mask.any()
+        inside = rgb[mask].astype(float)
+        assert inside.std(axis=0).max() > 2.0  # textured, not one flat colour
+        assert np.abs(inside.mean(axis=0) - 128).max() > 10  # and not the grey background
+
+
+def test_object_pixels_leave_the_masks_unchanged(tmp_path):
+    write_fixture_masks(tmp_path / "plain", seed=5)
+    write_fixture_masks(tmp_path / "with", seed=5, images=tmp_path / "pixels")
+    assert _files(tmp_path / "plain") == _files(tmp_path / "with")
+    for mask_file in (tmp_path / "with").rglob("*.png"):
+        pixels = np.asarray(Image.open(tmp_path / "pixels" / mask_file.relative_to(tmp_path / "with")))
+        mask = np.asarray(Image.open(mask_file)) > 0
+        assert pixels.shape == (*mask.shape, 3)
+        assert (pixels[~mask] == 128).all()
 
 
 def test_cli_refuses_zero_images(tmp_path):

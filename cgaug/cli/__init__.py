@@ -25,6 +25,7 @@ from cgaug.cli.shards import export_app
 from cgaug.cli.stack import app as stack_app
 from cgaug.cli.train import train_command
 from cgaug.config import ConfigError, FilterMode, load_config
+from cgaug.storage.layout import INDEX_NAME
 
 app = typer.Typer(help="CG-Aug: coherent generative augmentation of Cityscapes-format datasets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -78,8 +79,8 @@ def generate(
                                        "`cgaug stack up` starts them).")] = True,
 ) -> None:
     """Run the `cgaug` flow: plan, compose, prompt, generate, [filter,] write shards, index."""
-    from cgaug.flows.fanout import Orchestration
-    from cgaug.flows.generate import cgaug
+    from cgaug.config import Orchestration
+    from cgaug.flows.generate import generate_dataset_flow
 
     try:
         cfg = load_config(config, overrides={
@@ -91,8 +92,8 @@ def generate(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     bank_path = bank or f"{source.rstrip('/')}/bank.parquet"
-    summary = cgaug(source=source, out=out, bank=bank_path, config=cfg, progress=progress,
-                    orchestration=Orchestration(in_process=in_process))
+    summary = generate_dataset_flow(source=source, out=out, bank=bank_path, config=cfg, progress=progress,
+                                    orchestration=Orchestration(in_process=in_process))
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -106,7 +107,7 @@ def demo(
 ) -> None:
     """Fixtures -> object bank -> tiny-generator run -> verification, end to end on this machine."""
     from cgaug.fixtures import write_fixture_masks, write_fixtures
-    from cgaug.flows.generate import cgaug
+    from cgaug.flows.generate import generate_dataset_flow
     from cgaug.storage.bank_sources import build_from_folder
     from cgaug.storage.fs import open_root
     from cgaug.storage.shards import verify
@@ -119,14 +120,14 @@ def demo(
         build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
     cfg = load_config(overrides={"run": {"variants": variants, "shard_size": 4},
                                  "generator": {"model": "tiny"}, "filters": {"mode": filters}})
-    summary = cgaug(source=str(source), out=str(out), bank=str(source / "bank.parquet"), config=cfg,
-                    progress=True)
+    summary = generate_dataset_flow(source=str(source), out=str(out), bank=str(source / "bank.parquet"),
+                                    config=cfg, progress=True)
     problems = verify(open_root(str(out)))
     if problems:
         console.print("[red]verification failed:[/red]\n" + "\n".join(problems))
         raise typer.Exit(1)
     typer.echo(json.dumps(summary, indent=2))
-    sample = open_root(str(out)).read_parquet("index.parquet", columns=["sample_id"])["sample_id"][0]
+    sample = open_root(str(out)).read_parquet(INDEX_NAME, columns=["sample_id"])["sample_id"][0]
     command = self_command()
     typer.echo(f"demo dataset ready and verified: {out.resolve()}\n"
                f"  look at a sample: {command} shards show {out} --sample {sample} --out sample.png\n"

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from cgaug.config import EvalOptions
+
 KINDS_HELP = ("road_anomaly, smiyc_ra21, smiyc_ro21, fishyscapes_laf, fishyscapes_static, acdc_poc, muad, "
               "cityscapes")
 
@@ -62,7 +64,6 @@ def eval_command(
 
     from cgaug.models.segmenter import CheckpointError
     from cgaug.storage.evalsets import EvalDataError, parse_dataset_spec
-    from cgaug.tasks.evaluation.evaluate import EvalOptions
 
     try:
         for spec in dataset:
@@ -73,10 +74,10 @@ def eval_command(
     except (ValueError, ValidationError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    from cgaug.flows.evaluate import cgaug_eval
+    from cgaug.flows.evaluate import evaluate_flow
 
     try:
-        summary = cgaug_eval(checkpoint=checkpoint, datasets=list(dataset), out=out, options=options)
+        summary = evaluate_flow(checkpoint=checkpoint, datasets=list(dataset), out=out, options=options)
     except (CheckpointError, EvalDataError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cgaug.storage.layout import CALIBRATION_DIR, INDEX_NAME
+
 app = typer.Typer(help="Tune and inspect the automatic quality filter.", no_args_is_help=True)
 
 OutArgument = Annotated[str, typer.Argument(
@@ -26,7 +28,7 @@ def calibrate(
         help="Fraction of generated images that should pass every gate together.")] = 0.7,
     plots: Annotated[str | None, typer.Option(
         "--plots", help="Folder (path or fsspec URI) for the score-distribution PNGs "
-                        "[default: OUT/calibration].")] = None,
+                        f"[default: OUT/{CALIBRATION_DIR}].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
 ) -> None:
     """Suggest per-gate thresholds for a target acceptance from the scores in OUT/index.parquet."""
@@ -41,7 +43,7 @@ def calibrate(
         result, names, matrix = calibrate_run(root, target_accept)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(error) from error
-    written = write_plots(open_root(plots or f"{out.rstrip('/')}/calibration"), result, names, matrix)
+    written = write_plots(open_root(plots or f"{out.rstrip('/')}/{CALIBRATION_DIR}"), result, names, matrix)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "plots": written}, indent=2))
         return
@@ -62,8 +64,8 @@ def _print_table(result) -> None:
         table.add_column(column, justify="left" if column == "gate" else "right")
     for gate in result.gates:
         rate = "-" if gate.current_pass_rate is None else f"{gate.current_pass_rate:.0%}"
-        table.add_row(gate.name, str(gate.n), fmt(gate.quantiles.get("0.05")), fmt(gate.quantiles.get("0.5")),
-                      fmt(gate.quantiles.get("0.95")), fmt(gate.current), rate, fmt(gate.alone), fmt(gate.joint))
+        table.add_row(gate.name, str(gate.n), fmt(gate.quantiles.get("p05")), fmt(gate.quantiles.get("p50")),
+                      fmt(gate.quantiles.get("p95")), fmt(gate.current), rate, fmt(gate.alone), fmt(gate.joint))
     console = Console()
     if not console.is_terminal:  # piped output: wide enough for the numbers, not the 80-column default
         console = Console(width=130)
@@ -80,14 +82,13 @@ def _print_table(result) -> None:
 def stats(out: OutArgument) -> None:
     """Print the filter's record as JSON: accepted, dropped_<reason>, attempts histogram, score quantiles."""
     from cgaug.storage.fs import open_root
-    from cgaug.tasks.generation.filter import filter_stats
+    from cgaug.storage.stats import STATS_COLUMNS, stats_of_table
 
     try:
         root = open_root(out, create=False)
-        if not root.exists("index.parquet"):
-            raise FileNotFoundError(f"{root.uri('index.parquet')}: no index; is {out} a finished cgaug run?")
-        index = root.read_parquet("index.parquet",
-                                  columns=["verdict", "attempt", "attempts", "gates"])
+        if not root.exists(INDEX_NAME):
+            raise FileNotFoundError(f"{root.uri(INDEX_NAME)}: no index; is {out} a finished cgaug run?")
+        record = stats_of_table(root.read_parquet(INDEX_NAME, columns=STATS_COLUMNS), source=root.uri(INDEX_NAME))
     except (FileNotFoundError, ValueError) as error:
         raise _fail(error) from error
-    typer.echo(json.dumps(filter_stats(index), indent=2))
+    typer.echo(json.dumps(record.filter_summary(), indent=2))

@@ -13,12 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-MASKS_DIR = "bank_masks"
-
 
 def fixtures_command(
     dest: Annotated[Path, typer.Argument(
-        help="Dataset root to write: leftImg8bit/ and gtFine/ go here, object masks in bank_masks/.")],
+        help="Dataset root to write: leftImg8bit/ and gtFine/ go here; object masks in bank_masks/, their "
+             "pixels in bank_images/, the object bank in bank.parquet.")],
     images: Annotated[int, typer.Option("--images", min=1, help="Number of street scenes to write.")] = 6,
     split: Annotated[str, typer.Option(help="Split folder name (train, val, ...).")] = "train",
     seed: Annotated[int, typer.Option(
@@ -26,14 +25,14 @@ def fixtures_command(
     height: Annotated[int, typer.Option(min=64, help="Image height in pixels (Cityscapes: 1024).")] = 256,
     width: Annotated[int, typer.Option(min=64, help="Image width in pixels (Cityscapes: 2048).")] = 512,
 ) -> None:
-    """Write synthetic street scenes in the exact Cityscapes layout, and binary object masks for a bank."""
-    from cgaug.fixtures import CITIES, write_fixture_masks, write_fixtures
+    """Write synthetic street scenes in the exact Cityscapes layout, plus an object bank with pixels."""
+    from cgaug.fixtures import BANK_FILE, CITIES, MASKS_DIR, OBJECT_IMAGES_DIR, write_fixture_dataset
 
     try:
-        source_ids = write_fixtures(dest, images=images, split=split, seed=seed, height=height, width=width)
+        source_ids, counts = write_fixture_dataset(dest, images=images, split=split, seed=seed, height=height,
+                                                   width=width)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    counts = write_fixture_masks(dest / MASKS_DIR, seed=seed)
     cities = sorted({sid.split("_")[0] for sid in source_ids}, key=CITIES.index)
 
     table = Table(title=f"fixtures written under {dest}", show_header=True)
@@ -44,5 +43,6 @@ def fixtures_command(
     table.add_row("labelIds, labelTrainIds, color, instanceIds", f"gtFine/{split}/", str(4 * len(source_ids)))
     table.add_row("cities", ", ".join(cities), str(len(cities)))
     for name, count in counts.items():
-        table.add_row(f"masks: {name}", f"{MASKS_DIR}/{name}/", str(count))
+        table.add_row(f"masks + pixels: {name}", f"{MASKS_DIR}/{name}/, {OBJECT_IMAGES_DIR}/{name}/", str(count))
+    table.add_row("object bank", BANK_FILE, str(sum(counts.values())))
     Console().print(table)

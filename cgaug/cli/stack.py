@@ -36,18 +36,25 @@ def up(
     data_root: Annotated[str | None, typer.Option(
         help="Default data root of the deployments (source, out, bank) [default: STATE/data].")] = None,
     project: Annotated[Path | None, typer.Option(help="Repository root holding deploy/.")] = None,
+    auth_string: Annotated[str | None, typer.Option(
+        help="Require HTTP basic auth ('user:password') for the API and UI; the stack's workers get it as "
+             "PREFECT_API_AUTH_STRING [default: $CGAUG_STACK_AUTH or $PREFECT_SERVER_API_AUTH_STRING; "
+             "without one, any local user can use the API; the server listens on 127.0.0.1 only].")] = None,
 ) -> None:
     """Start a Prefect server, create the pools, deploy, and start a CPU worker and GPU-pool workers."""
     from cgaug import stack
 
     try:
         started = stack.up(state, port=port, database_url=database_url, project=project, data_root=data_root,
-                           gpus=None if gpus is None else [g for g in gpus.split(",") if g])
+                           gpus=None if gpus is None else [g for g in gpus.split(",") if g],
+                           auth_string=stack.resolve_auth(auth_string))
     except stack.StackError as error:
         raise _fail(error) from error
+    login = "             export PREFECT_API_AUTH_STRING=<the auth string>  (the UI asks for it)\n"
     typer.echo(f"stack up: UI {started.ui_url}  API {started.api_url}\n"
                f"  processes: {', '.join(started.processes)} (logs in {Path(started.state_dir) / 'logs'})\n"
                f"  use it:    export PREFECT_API_URL={started.api_url}\n"
+               f"{login if started.auth else ''}"
                f"             prefect deployment run cgaug/generate\n"
                f"  stop it:   {self_command()} stack down --state {state}")
 

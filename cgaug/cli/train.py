@@ -65,13 +65,13 @@ def train_command(
     except ConfigError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    from cgaug.flows.train import cgaug_train
+    from cgaug.flows.train import train_flow
 
     try:
         if resume is not None:
-            summary = cgaug_train(out=resume, resume=True)
+            summary = train_flow(out=resume, resume=True)
         else:
-            summary = cgaug_train(out=out, source=source, shards=shards, config=cfg, bank=bank)
+            summary = train_flow(out=out, source=source, shards=shards, config=cfg, bank=bank)
     except (CheckpointError, TrainDataError, RunDirError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cgaug.tasks.evaluation.evaluate import EvalOptions
+from cgaug.config import EvalOptions
 
 
 def dataset_names(specs: list[tuple[str, str]]) -> list[str]:
@@ -80,7 +80,7 @@ def report_task(out: str, records: list[dict[str, Any]], meta: dict[str, Any]) -
 
 
 @flow(name="cgaug-eval")
-def cgaug_eval(checkpoint: str, datasets: list[str], out: str, options: EvalOptions | None = None) -> dict[str, Any]:
+def evaluate_flow(checkpoint: str, datasets: list[str], out: str, options: EvalOptions | None = None) -> dict[str, Any]:
     """Evaluate `checkpoint` on every `KIND=DIR` dataset and write the report to `out`.
 
     Args:

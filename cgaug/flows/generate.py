@@ -2,8 +2,8 @@
 
 Orchestration only: each task calls the pure stage code in `cgaug.tasks` and
 `cgaug.storage`, and passes ids, paths and small records (never arrays).
-Shards run either in this process (`Orchestration.in_process`, the local
-CLI) or as `cgaug-shard` child runs on the GPU pool (`cgaug.flows.fanout`);
+Shards run either in this process (`cgaug.config.Orchestration.in_process`,
+the local CLI) or as `cgaug-shard` child runs on the GPU pool (`cgaug.flows.fanout`);
 either way a shard that exists and validates is skipped, so a scheduled run
 with the same parameters only does what is missing.
 """
@@ -16,15 +16,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from cgaug.config import CGAugConfig
-from cgaug.flows.fanout import Orchestration, fan_out
+from cgaug.config import CGAugConfig, Orchestration
+from cgaug.flows.fanout import fan_out
 from cgaug.flows.shard import produce_shard_task
 from cgaug.storage.fs import open_root
-from cgaug.storage.plan import CONFIG_FILE, PLAN_FILE, PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
+from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE, SHARD_SUFFIX, SHARDS_DIR
+from cgaug.storage.plan import PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
 from cgaug.tasks.generation.plan import extend_plan, shards_of
 from cgaug.tasks.generation.produce import CLAIMED
 
-__all__ = ["PlanMismatch", "cgaug", "plan_run"]
+__all__ = ["PlanMismatch", "generate_dataset_flow", "plan_run"]
 
 
 def _relative(root: str, path: str) -> str:
@@ -112,7 +113,7 @@ def _wait_for_claims(out: str, orch: Orchestration):
 
 
 @flow(name="cgaug")
-def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
+def generate_dataset_flow(source: str, out: str, bank: str, config: CGAugConfig | None = None,
           orchestration: Orchestration | None = None, progress: bool = False) -> dict[str, Any]:
     """Generate (or complete) the augmented dataset `out` from a Cityscapes-format `source`.
 
@@ -176,7 +177,7 @@ def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
     for note in notes:
         logger.warning(note)
     manifest = index_task(out, source, bank, config) if written or not _manifest_current(out) else json.loads(
-        root.read_bytes("manifest.json"))
+        root.read_bytes(MANIFEST_NAME))
     skipped = plan["shards"] - len(plan["pending"])
     if plan["new_samples"]:
         notes.insert(0, f"{plan['new_samples']} new samples planned (new source images or variants)")
@@ -200,7 +201,7 @@ def cgaug(source: str, out: str, bank: str, config: CGAugConfig | None = None,
 def _manifest_current(out: str) -> bool:
     """True when manifest.json lists exactly the shards on disk (nothing written since)."""
     root = open_root(out)
-    if not root.exists("manifest.json"):
+    if not root.exists(MANIFEST_NAME):
         return False
-    listed = {s["name"] for s in json.loads(root.read_bytes("manifest.json")).get("shards", [])}
-    return listed == set(root.list("shards", ".parquet"))
+    listed = {s["name"] for s in json.loads(root.read_bytes(MANIFEST_NAME)).get("shards", [])}
+    return listed == set(root.list(SHARDS_DIR, SHARD_SUFFIX))

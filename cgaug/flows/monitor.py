@@ -20,7 +20,10 @@ import hashlib
 from uuid import UUID
 
 from cgaug.storage.fs import open_root
-from cgaug.tasks.generation.quality import ShardQuality, is_low_quality, quality_table
+from cgaug.storage.layout import shard_label
+from cgaug.storage.reports import ShardQuality, read_report
+from cgaug.storage.schema import VERDICT_ACCEPTED
+from cgaug.tasks.generation.quality import is_low_quality, quality_table
 
 SHARD_QUALITY_KEY = "cgaug-shard-quality"
 SHARD_PREVIEW_KEY = "cgaug-shard-preview"
@@ -37,21 +40,19 @@ def dataset_id(out: str) -> str:
 
 def shard_resource(out: str, shard: int) -> dict[str, str]:
     return {"prefect.resource.id": f"cgaug.shard.{dataset_id(out)}.{shard:05d}",
-            "prefect.resource.name": f"shard-{shard:05d}", "cgaug.out": str(out)}
+            "prefect.resource.name": shard_label(shard), "cgaug.out": str(out)}
 
 
 def publish_shard_quality(out: str, shard: int, floor: float | None) -> UUID:
     """The quality table of a shard this run produced, from its report."""
     from prefect.artifacts import create_table_artifact
 
-    from cgaug.storage.reports import read_report
-
     quality, producer = read_report(open_root(out, create=False), shard)
     flag = "LOW QUALITY" if is_low_quality(quality, floor) else "ok"
     where = producer.get("flow_run_name") or producer.get("host", "")
     return create_table_artifact(
         quality_table(quality, floor), key=SHARD_QUALITY_KEY,
-        description=f"**shard-{quality.shard:05d}** of `{out}`: {flag}, {quality.rows} rows"
+        description=f"**{shard_label(quality.shard)}** of `{out}`: {flag}, {quality.stats.rows} rows"
                     + (f", produced by {where}" if where else ""))
 
 
@@ -65,17 +66,19 @@ def publish_shard_preview(out: str, shard: int) -> UUID:
     root = open_root(out, create=False)
     verdicts, _ = read_shard_rows(root, shard)
     _, rows = read_shard_rows(root, shard, pick_preview_rows(verdicts))
-    return create_markdown_artifact(shard_preview_markdown(rows, f"shard-{shard:05d}: samples"),
-                                    key=SHARD_PREVIEW_KEY, description=f"samples of shard-{shard:05d} of `{out}`")
+    label = shard_label(shard)
+    return create_markdown_artifact(shard_preview_markdown(rows, f"{label}: samples"),
+                                    key=SHARD_PREVIEW_KEY, description=f"samples of {label} of `{out}`")
 
 
 def emit_shard_events(out: str, quality: ShardQuality, floor: float | None) -> list[str]:
     """`cgaug.shard.completed`, plus `cgaug.shard.low-quality` when below the floor; the names emitted."""
     from prefect.events import emit_event
 
-    payload = {"out": str(out), "shard": quality.shard, "rows": quality.rows,
-               "accepted": quality.verdicts.get("accepted", 0), "acceptance_rate": quality.quality,
-               "quality": quality.quality, "seconds": quality.seconds}
+    stats = quality.stats
+    payload = {"out": str(out), "shard": quality.shard, "rows": stats.rows,
+               "accepted": stats.verdicts.get(VERDICT_ACCEPTED, 0), "acceptance_rate": quality.quality,
+               "quality": quality.quality, "seconds": stats.seconds}
     names = [EVENT_COMPLETED]
     emit_event(EVENT_COMPLETED, resource=shard_resource(out, quality.shard), payload=payload)
     if is_low_quality(quality, floor):

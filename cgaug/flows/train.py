@@ -68,7 +68,7 @@ def train_report_task(out: str, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="cgaug-train")
-def cgaug_train(out: str, source: str | None = None, shards: str | None = None, config: TrainConfig | None = None,
+def train_flow(out: str, source: str | None = None, shards: str | None = None, config: TrainConfig | None = None,
                 bank: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Two-stage noise-aware training of a segmenter on Cityscapes originals + CG-Aug shards.
 

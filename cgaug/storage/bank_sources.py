@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import posixpath
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -387,12 +388,17 @@ def build_from_coco(annotations_json: str | Path, out: str, classes: Sequence[st
     `ade_map` (JSON {COCO name: ADE20K-150 name or null}); a class without an
     ADE class is skipped and counted. Crowd annotations (one mask over many
     objects) are skipped unless `include_crowd`.
+
+    source_id is the image's file name (``file_name``, else the last part of
+    ``coco_url`` as in LVIS), so that the training anomaly mix finds the
+    object's pixels under the images folder (``data.bank_images=COCO/train2017``);
+    object_id keeps the annotation id (``coco:{annotation id}:0``), which is unique.
     """
     path = Path(annotations_json)
     data = _load_coco(path)
     try:
         categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-        images = {int(im["id"]): (str(im.get("file_name", im["id"])), int(im["height"]), int(im["width"]))
+        images = {int(im["id"]): (_coco_file_name(im), int(im["height"]), int(im["width"]))
                   for im in data["images"]}
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: malformed 'categories' or 'images' entry ({error!r}); expected "
@@ -419,6 +425,16 @@ def build_from_coco(annotations_json: str | Path, out: str, classes: Sequence[st
     return _write(items(), out, "coco", path, counter, keys)
 
 
+def _coco_file_name(image: dict) -> str:
+    """The image file an annotation's pixels are in: `file_name` (COCO), else the end of `coco_url` (LVIS).
+
+    Without either, the image id stands in: such a bank still serves compose (masks only), and the
+    anomaly mix refuses it by name (`BankObjects`) instead of looking for a file that has no name.
+    """
+    name = image.get("file_name") or posixpath.basename(str(image.get("coco_url") or ""))
+    return str(name or image["id"])
+
+
 def _coco_item(ann: dict, categories: dict[int, str], images: dict[int, tuple[str, int, int]],
                wanted: set[str], table: dict[str, str | None], min_area: int, include_crowd: bool,
                drop_truncated: bool, counter: Counter[str]) -> BankItem | None:
@@ -436,7 +452,7 @@ def _coco_item(ann: dict, categories: dict[int, str], images: dict[int, tuple[st
     if image is None:
         counter["skipped_missing_image"] += 1
         return None
-    _, height, width = image
+    file_name, height, width = image
     try:
         mask = coco_segmentation_mask(ann.get("segmentation"), height, width)
     except (ValueError, TypeError) as error:
@@ -450,9 +466,8 @@ def _coco_item(ann: dict, categories: dict[int, str], images: dict[int, tuple[st
     if drop_truncated and _truncated(box, height, width):
         counter["skipped_truncated"] += 1
         return None
-    source_id = str(ann.get("id"))
-    return BankItem(object_id=f"coco:{source_id}:0", class_name=name, ade_class=ade, source="coco",
-                    source_id=source_id, mask=mask)
+    return BankItem(object_id=f"coco:{ann.get('id')}:0", class_name=name, ade_class=ade, source="coco",
+                    source_id=file_name, mask=mask)
 
 
 # --------------------------------------------------------------------------------------------- folder

@@ -32,12 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cgaug.storage.fs import TMP_MARKER, Root
-
-CLAIMS_DIR = "claims"
-
-
-def claim_name(shard_id: int) -> str:
-    return f"{CLAIMS_DIR}/shard-{int(shard_id):05d}.json"
+from cgaug.storage.layout import CLAIMS_DIR, claim_name, shard_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +98,7 @@ class ShardClaim:
                     if not self.heartbeat():
                         return
 
-        thread = threading.Thread(target=beat, name=f"claim-shard-{self.shard_id:05d}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"claim-{shard_label(self.shard_id)}", daemon=True)
         thread.start()
         try:
             yield self

@@ -17,9 +17,7 @@ import pyarrow as pa
 from cgaug.config import CGAugConfig
 from cgaug.records import SampleSpec, SourceRecord
 from cgaug.storage.fs import open_root
-
-PLAN_FILE = "plan.parquet"
-CONFIG_FILE = "config.json"
+from cgaug.storage.layout import CONFIG_FILE, PLAN_FILE
 
 PLAN_SCHEMA = pa.schema([
     ("sample_id", pa.string()),

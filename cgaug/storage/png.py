@@ -15,7 +15,7 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     """
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
         raise ValueError(f"expected a uint8 (H,W) or (H,W,3) array or a bool mask, found {array.dtype} "
                          f"with shape {array.shape}")
     buffer = io.BytesIO()
@@ -24,7 +24,14 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def decode_png(data: bytes, *, mask: bool = False) -> np.ndarray:
-    """The array behind `encode_png`; `mask=True` returns a bool mask."""
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image)
+    """The array behind `encode_png`; `mask=True` returns a bool mask.
+
+    PIL's own errors ("cannot identify image file <_io.BytesIO ...>") do not say that a stored blob
+    is damaged; a ValueError that does lets callers skip and record the sample.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"corrupt PNG blob ({len(data)} bytes): {error}") from error
     return array > 0 if mask else array

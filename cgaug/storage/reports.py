@@ -1,12 +1,13 @@
 """Per-shard production reports: ``OUT/reports/shard-00007.json``, written once, right after the shard.
 
-A report is the producer's account of one shard: its quality record
-(`cgaug.tasks.generation.quality.ShardQuality`), how long it took and who made it (flow
-run, worker, host). It lives next to the data, not in the orchestrator, so a
-parent run on another machine (or a person, or a later audit) can read what
-a child run did without Prefect result storage. The shard itself stays the
-source of truth: a missing report is rebuilt from the shard's metadata
-(without timing).
+A report is the producer's account of one shard: its statistics record
+(`cgaug.storage.stats.GenerationStats`, timing included) and who made it
+(flow run, worker, host). It lives next to the data, not in the
+orchestrator, so a parent run on another machine (or a person, or a later
+audit) can read what a child run did without Prefect result storage. The
+shard itself stays the source of truth: a missing or damaged report, or one
+of the old schema (written before reports kept gate scores), is rebuilt from
+the shard's metadata (keeping the old report's timing and producer).
 """
 
 from __future__ import annotations
@@ -15,29 +16,42 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from cgaug.storage.fs import Root
-from cgaug.storage.shards import shard_name
-from cgaug.tasks.generation.quality import QUALITY_COLUMNS, ShardQuality, shard_quality
-
-REPORTS_DIR = "reports"
-JOURNAL_DIR = "journal"
+from cgaug.storage.layout import JOURNAL_DIR, journal_name, report_name, shard_name
+from cgaug.storage.stats import STATS_COLUMNS, GenerationStats, stats_of_table
 
 
-def report_name(shard_id: int) -> str:
-    return f"{REPORTS_DIR}/shard-{int(shard_id):05d}.json"
+@dataclass(frozen=True, slots=True)
+class ShardQuality:
+    """One shard's statistics record; stored flat as ``{"shard": N, ...record}``."""
+
+    shard: int
+    stats: GenerationStats
+
+    @property
+    def quality(self) -> float | None:
+        """Acceptance rate among judged samples; None when nothing was judged (no filter)."""
+        return self.stats.acceptance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard} | self.stats.to_dict()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardQuality:
+        return cls(int(data["shard"]), GenerationStats.from_dict(data))
 
 
 def write_report(root: Root, quality: ShardQuality, producer: dict[str, Any]) -> None:
     """Write the report, and append the write to the journal (one new file per shard commit)."""
     data = quality.to_dict() | {"producer": producer}
     root.write_bytes_atomic(report_name(quality.shard), json.dumps(data, indent=2).encode() + b"\n")
-    entry = {"shard": quality.shard, "rows": quality.rows, "at": time.time(), "producer": producer}
-    root.write_bytes_atomic(f"{JOURNAL_DIR}/shard-{quality.shard:05d}.{uuid.uuid4().hex}.json",
-                            json.dumps(entry).encode())
+    entry = {"shard": quality.shard, "rows": quality.stats.rows, "at": time.time(), "producer": producer}
+    root.write_bytes_atomic(journal_name(quality.shard, uuid.uuid4().hex), json.dumps(entry).encode())
 
 
 def journal(root: Root) -> dict[int, list[dict[str, Any]]]:
@@ -50,19 +64,23 @@ def journal(root: Root) -> dict[int, list[dict[str, Any]]]:
 
 
 def read_report(root: Root, shard_id: int) -> tuple[ShardQuality, dict[str, Any]]:
-    """The shard's report; rebuilt from the shard (no timing, producer unknown) when it is missing."""
+    """The shard's report; rebuilt from the shard when it is missing, damaged or of the old schema."""
     name = report_name(shard_id)
     if root.exists(name):
         try:
             data = json.loads(root.read_bytes(name))
-            return ShardQuality.from_dict(data), dict(data.get("producer", {}))
-        except (ValueError, TypeError, KeyError):
+            producer = dict(data.get("producer", {}))
+            if "gates" not in data:  # old schema: counts only; the shard has the scores
+                return quality_of_shard(root, shard_id, data.get("seconds")), producer
+            return ShardQuality.from_dict(data), producer
+        except (ValueError, TypeError, KeyError, AttributeError):
             pass  # a damaged report is rebuilt below: the shard is the truth
     return quality_of_shard(root, shard_id), {}
 
 
 def quality_of_shard(root: Root, shard_id: int, seconds: float | None = None) -> ShardQuality:
     """The quality record of a committed shard, from its metadata columns only (no blob is read)."""
-    with root.open(shard_name(shard_id)) as f:
-        table = pq.read_table(f, columns=QUALITY_COLUMNS)
-    return shard_quality(shard_id, table, seconds)
+    name = shard_name(shard_id)
+    with root.open(name) as f:
+        table = pq.read_table(f, columns=STATS_COLUMNS)
+    return ShardQuality(int(shard_id), stats_of_table(table, seconds, root.uri(name)))

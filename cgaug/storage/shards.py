@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cgaug.storage.fs import Root
+from cgaug.storage.layout import INDEX_NAME, MANIFEST_NAME, SHARD_SUFFIX, SHARDS_DIR, shard_name
 from cgaug.storage.png import decode_png
 from cgaug.storage.schema import (
     BLOB_COLUMNS,
@@ -47,13 +48,10 @@ from cgaug.storage.schema import (
     SHARD_SCHEMA,
     VERDICT_SKIPPED,
 )
+from cgaug.storage.stats import STATS_COLUMNS, stats_of_table
 
 logger = logging.getLogger(__name__)
 
-SHARDS_DIR = "shards"
-INDEX_NAME = "index.parquet"
-MANIFEST_NAME = "manifest.json"
-MAX_SHARD_ID = 99_999  # five digits keep the lexical order of shard files equal to their numeric order
 ROW_GROUP_SIZE = 16  # rows hold MBs of PNG at 1024x2048: readers decode one small row group at a time
 CORE_BLOBS = ("image_png", "label_png", "cond_png", "ood_mask_png")
 META_COLUMNS = tuple(name for name in SHARD_SCHEMA.names if name not in BLOB_COLUMNS)
@@ -113,14 +111,6 @@ class Manifest:
 # --- writing -----------------------------------------------------------------------------------------
 
 
-def shard_name(shard_id: int) -> str:
-    """The root-relative path of a shard, e.g. ``shards/shard-00007.parquet``."""
-    if isinstance(shard_id, bool) or not isinstance(shard_id, int | np.integer) or not (
-            0 <= shard_id <= MAX_SHARD_ID):
-        raise ValueError(f"shard id must be an integer in 0..{MAX_SHARD_ID}, found {shard_id!r}")
-    return f"{SHARDS_DIR}/shard-{int(shard_id):05d}.parquet"
-
-
 def write_shard(root: Root, shard_id: int, rows: list[dict[str, Any]]) -> ShardInfo:
     """Write one shard atomically, unless a valid one with the same samples is already there.
 
@@ -174,7 +164,7 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
         raise ValueError(f"extra_manifest must be JSON-serialisable: {error}") from None
     root.remove(MANIFEST_NAME)  # until the new one is written, the root reads as not indexed
     infos, tables = [], []
-    for name in root.list(SHARDS_DIR, ".parquet"):
+    for name in root.list(SHARDS_DIR, SHARD_SUFFIX):
         table = _read_shard_metadata(root, name)
         tables.append(table.append_column("shard_file", pa.array([name] * table.num_rows, pa.string())))
         infos.append(ShardInfo(name, table.num_rows, root.sha256(name), root.size(name)))
@@ -311,7 +301,7 @@ def verify(root: Root, *, decode_blobs: bool = True) -> list[str]:
     for info in manifest.shards:
         problems += _verify_shard(root, info, ids_by_shard, decode_blobs)
     problems += [f"{root.uri(name)}: shard file is not listed in {MANIFEST_NAME}"
-                 for name in root.list(SHARDS_DIR, ".parquet") if name not in listed]
+                 for name in root.list(SHARDS_DIR, SHARD_SUFFIX) if name not in listed]
     listed_rows = sum(info.rows for info in manifest.shards)
     if manifest.total_rows != listed_rows:
         problems.append(f"{root.uri(MANIFEST_NAME)}: total_rows is {manifest.total_rows}, "
@@ -375,7 +365,7 @@ def _row_blob_problems(row: dict[str, Any]) -> list[str]:
         expected = (row["height"], row["width"], *((3,) if column in _COLOR_BLOBS else ()))
         try:
             array = decode_png(row[column])
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...: all mean "corrupt"
+        except ValueError as error:  # decode_png turns every PIL failure into "corrupt PNG blob"
             problems.append(f"{column} does not decode as PNG ({type(error).__name__}: {error})")
             continue
         if array.shape != expected or array.dtype != np.uint8:
@@ -491,26 +481,15 @@ def read_manifest(root: Root) -> Manifest:
 def stats(root: Root) -> dict[str, Any]:
     """Dataset statistics from the manifest and the index (no blob is read).
 
-    Prompt attributes, OOD classes and the mean OOD area count generated
-    (non-skipped) rows only; verdicts and reasons count every row.
+    The `GenerationStats` view of the index: prompt attributes, OOD classes and
+    the mean OOD area count generated (non-skipped) rows only; verdicts and
+    reasons count every row.
     """
     manifest = read_manifest(root)
-    index = root.read_parquet(manifest.index.get("name", INDEX_NAME))
-    generated = index.filter(pc.not_equal(index.column("verdict"), VERDICT_SKIPPED))
-    ood_area = pc.mean(generated.column("ood_area")).as_py() if generated.num_rows else None
-    ood_classes = pc.struct_field(pc.list_flatten(generated.column("objects")), "class_name")
-    return {
-        "rows": index.num_rows,
-        "shards": len(manifest.shards),
-        "bytes": sum(info.bytes for info in manifest.shards),
-        "verdicts": _value_counts(index.column("verdict")),
-        "reasons": _value_counts(pc.list_flatten(index.column("reasons"))),
-        "weather": _value_counts(generated.column("weather")),
-        "time_of_day": _value_counts(generated.column("time_of_day")),
-        "place": _value_counts(generated.column("place")),
-        "ood_classes": _value_counts(ood_classes),
-        "mean_ood_area": ood_area,
-    }
+    name = manifest.index.get("name", INDEX_NAME)
+    summary = stats_of_table(root.read_parquet(name, columns=STATS_COLUMNS), source=root.uri(name)).dataset_summary()
+    return {"rows": summary.pop("rows"), "shards": len(manifest.shards),
+            "bytes": sum(info.bytes for info in manifest.shards), **summary}
 
 
 def read_sample(root: Root, sample_id: str) -> dict[str, Any]:

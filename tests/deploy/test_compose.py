@@ -1,10 +1,12 @@
 """docker-compose.yml validated without a Docker engine (none runs on CI machines).
 
 The file is parsed the way Compose reads it (YAML anchors and `<<` merge keys
-resolved, `${VAR:-default}` interpolated with an empty environment), then
-checked against the contracts the stack relies on: start order, healthchecks,
-one GPU per GPU worker, the shared /data volume, SIGINT for workers and a
-build that points at the worker Dockerfile.
+resolved, `${VAR:-default}` interpolated, `${VAR:?message}` refusing an unset
+or empty VAR), with an environment that holds only the two secrets compose
+requires, then checked against the contracts the stack relies on: start order,
+healthchecks, one GPU per GPU worker, the shared /data volume, SIGINT for
+workers, a build that points at the worker Dockerfile, and a stack closed to
+strangers (required secrets, basic auth on every client, loopback-only ports).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 WORKERS = ("worker-cpu", "worker-gpu0", "worker-gpu1")
 GPU_WORKERS = ("worker-gpu0", "worker-gpu1")
+# What a user must put in .env (deploy/env.example): compose refuses to start without either.
+STACK_ENV = {"POSTGRES_PASSWORD": "pg-s3cret", "CGAUG_STACK_AUTH": "admin:auth-s3cret"}
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
 
@@ -52,8 +56,9 @@ def _interpolate(value: Any, env: dict[str, str]) -> Any:
 
 
 def _load(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The file as compose sees it, given the variables in `env` (default: just the required secrets)."""
     raw = yaml.safe_load(COMPOSE.read_text())
-    return _interpolate(raw, env or {})
+    return _interpolate(raw, STACK_ENV if env is None else env)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +99,12 @@ def test_interpolation_helper_matches_compose_rules() -> None:
     assert _interpolate("a${X:-1}b$$c", {}) == "a1b$c"
     assert _interpolate("${X:-1}", {"X": "2"}) == "2"
     assert _interpolate("${X-1}", {"X": ""}) == ""
+    assert _interpolate("${X:?need X}", {"X": "v"}) == "v"
     with pytest.raises(AssertionError):
         _interpolate("${X}", {})
+    for env in ({}, {"X": ""}):
+        with pytest.raises(AssertionError, match="need X"):
+            _interpolate("a${X:?need X}", env)
 
 
 def test_expected_services(services: dict[str, Any]) -> None:
@@ -226,7 +235,8 @@ def test_server(services: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "env", [{}, {"POSTGRES_USER": "cg", "POSTGRES_PASSWORD": "s3cret", "POSTGRES_DB": "orchestration"}]
+    "env",
+    [STACK_ENV, {**STACK_ENV, "POSTGRES_USER": "cg", "POSTGRES_PASSWORD": "s3cret", "POSTGRES_DB": "orchestration"}],
 )
 def test_database_url_matches_postgres(env: dict[str, str]) -> None:
     services = _load(env)["services"]
@@ -239,8 +249,7 @@ def test_database_url_matches_postgres(env: dict[str, str]) -> None:
         pg["POSTGRES_PASSWORD"],
         pg["POSTGRES_DB"],
     )
-    if env:
-        assert url.password == "s3cret"
+    assert url.password == env["POSTGRES_PASSWORD"]
 
 
 def test_workers_stop_with_sigint(services: dict[str, Any]) -> None:
@@ -272,6 +281,7 @@ def test_build_points_at_worker_dockerfile(services: dict[str, Any]) -> None:
 def test_dockerignore_keeps_context_small() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".venv", ".git", "demo"} <= ignored
+    assert ".env" in ignored, "`COPY . .` would bake the stack's secrets into the image"
     # ... but never the files the image installs from.
     assert not ignored & {"requirements", "pyproject.toml", "cgaug", "deploy"}
 
@@ -286,3 +296,79 @@ def test_bootstrap_sets_what_prefect_yaml_reads_from_the_environment(services: d
     assert wanted <= set(env), f"bootstrap lacks {wanted - set(env)}"
     if "CGAUG_DATA" in wanted:
         assert env["CGAUG_DATA"] == "/data"
+
+
+# --- closed to strangers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+@pytest.mark.parametrize("missing", sorted(STACK_ENV))
+def test_refuses_to_start_without_each_secret(missing: str, value: str | None) -> None:
+    """No silent default password: without the variable (or with it empty) compose stops with a message."""
+    env = {key: val for key, val in STACK_ENV.items() if key != missing}
+    if value is not None:
+        env[missing] = value
+    with pytest.raises(AssertionError, match=rf"\${{{missing}}} is required: set {missing}"):
+        _load(env)
+
+
+def test_starts_with_the_secrets_and_uses_them() -> None:
+    services = _load(STACK_ENV)["services"]
+    assert _env(services["postgres"])["POSTGRES_PASSWORD"] == STACK_ENV["POSTGRES_PASSWORD"]
+    assert _env(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"] == STACK_ENV["CGAUG_STACK_AUTH"]
+
+
+def test_secrets_never_fall_back_to_a_default() -> None:
+    """Every reference to a secret is `${VAR:?...}`: one `${VAR:-x}` would reintroduce a known password."""
+    text = COMPOSE.read_text()
+    for name in STACK_ENV:
+        references = re.findall(rf"\$\{{{name}(?P<op>[^A-Za-z0-9_][^}}]*)?\}}", text)
+        assert references, f"{name} is not used"
+        assert all(op.startswith(":?") for op in references), f"{name}: {references}"
+
+
+def test_every_prefect_client_sends_the_auth_string(services: dict[str, Any]) -> None:
+    """Bootstrap and every worker (and so every flow run a process worker starts) authenticate."""
+    auth = STACK_ENV["CGAUG_STACK_AUTH"]
+    assert _env(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    clients = {name for name, service in services.items()
+               if name != "prefect-server" and "command" in service
+               and _argv(service["command"])[0] in ("prefect", "cgaug")}
+    assert {"bootstrap", *WORKERS} <= clients
+    for name in clients:
+        env = _env(services[name])
+        assert env.get("PREFECT_API_URL") == "http://prefect-server:4200/api", name
+        assert env.get("PREFECT_API_AUTH_STRING") == auth, f"{name} does not authenticate"
+        assert "PREFECT_SERVER_API_AUTH_STRING" not in env, f"{name} is a client, not a server"
+
+
+def _published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host address, published port, container port) of each published port; short or long syntax."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), str(port.get("published", "")), str(port["target"])))
+            continue
+        parts = str(port).split(":")
+        assert len(parts) == 3, f"{port!r} publishes on every interface: give a host address"
+        found.append((parts[0], parts[1], parts[2]))
+    return found
+
+
+def test_published_ports_bind_loopback_by_default(services: dict[str, Any]) -> None:
+    published = {name: _published(service) for name, service in services.items() if service.get("ports")}
+    assert published == {"prefect-server": [("127.0.0.1", "4200", "4200")]}
+
+
+def test_bind_address_and_port_are_configurable() -> None:
+    services = _load({**STACK_ENV, "PREFECT_BIND_ADDRESS": "0.0.0.0", "PREFECT_PORT": "8200"})["services"]
+    assert _published(services["prefect-server"]) == [("0.0.0.0", "8200", "4200")]
+
+
+def test_env_example_lists_every_required_variable() -> None:
+    """deploy/env.example is what the README tells users to copy to .env; its secrets stay empty."""
+    lines = (ROOT / "deploy" / "env.example").read_text().splitlines()
+    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert values == dict.fromkeys(STACK_ENV, ""), values
+    with pytest.raises(AssertionError, match="is required"):
+        _load(values)  # copied as is, compose still refuses to start

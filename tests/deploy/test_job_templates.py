@@ -182,3 +182,27 @@ def test_kubernetes_defaults_schedule_on_gpu_nodes_with_shared_data() -> None:
     assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == "cgaug-data"
     assert not find_placeholders(manifest), "placeholders left in the rendered manifest"
     assert all(job.env[k] == v for k, v in DATA_ENV.items())
+
+
+@pytest.mark.parametrize("kind, config_cls", [("process", ProcessJobConfiguration), ("docker", DockerJob),
+                                              ("kubernetes", KubernetesJob)])
+def test_worker_hands_its_api_auth_string_to_every_job(kind: str, config_cls: type[BaseJobConfiguration]) -> None:
+    """The workers of docker-compose.yml carry PREFECT_API_AUTH_STRING; each job's env gets it from them.
+
+    A flow run without it could not report to a server that requires basic auth. The templates must
+    not hold the secret themselves: a base job template is readable through the API.
+    """
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    assert "AUTH_STRING" not in (POOLS / f"{kind}.json").read_text()
+    config = _render(config_cls, kind, {"env": {"CGAUG_RUN__SEED": "3"}})
+    with temporary_settings({PREFECT_API_URL: "http://prefect-server:4200/api",
+                             PREFECT_API_AUTH_STRING: "admin:s3cret"}):
+        config.prepare_for_flow_run(FlowRun(flow_id="00000000-0000-0000-0000-000000000000", name="shard-00007"))
+    assert config.env["PREFECT_API_AUTH_STRING"] == "admin:s3cret"
+    assert config.env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert config.env["CGAUG_RUN__SEED"] == "3" and config.env["HF_HOME"] == "/data/hf"
+    if kind == "kubernetes":  # prefect-kubernetes writes the job's env into this container
+        assert _template(kind)["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+            "containers"][0]["env"] == "{{ env }}"

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cgaug.cli.eval import eval_command
-from cgaug.flows.evaluate import artifact_key, cgaug_eval, dataset_names
-from cgaug.tasks.evaluation.evaluate import EvalOptions
+from cgaug.config import EvalOptions
+from cgaug.flows.evaluate import artifact_key, dataset_names, evaluate_flow
 
 pytest.importorskip("segmentation_models_pytorch")
 
@@ -65,7 +65,7 @@ def test_flow_writes_the_report_and_artifacts(benchmarks, tmp_path):
 
     out = tmp_path / "report"
     specs = [f"smiyc_ra21={benchmarks['smiyc_ra21']}", f"muad={benchmarks['muad']}"]
-    summary = cgaug_eval(checkpoint="tiny", datasets=specs, out=str(out), options=EvalOptions(examples=2))
+    summary = evaluate_flow(checkpoint="tiny", datasets=specs, out=str(out), options=EvalOptions(examples=2))
     results = check_report(out, ["smiyc_ra21", "muad"])
     ra21, muad = results["datasets"]
     assert ra21["images"] == 3 and ra21["positives"] == 3 * 16 * 24 and ra21["miou"] is None

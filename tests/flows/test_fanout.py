@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
+from cgaug.config import Orchestration
 from cgaug.flows import fanout
-from cgaug.flows.fanout import Orchestration, child_key, fan_out, groups_of
+from cgaug.flows.fanout import child_key, fan_out, groups_of
 
 
 class FakePool:

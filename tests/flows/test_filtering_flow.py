@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cgaug.config import CGAugConfig
-from cgaug.flows.generate import cgaug
+from cgaug.flows.generate import generate_dataset_flow
 from cgaug.labels import ade_color
 from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID
 from cgaug.seeds import derive_seed
@@ -30,7 +30,7 @@ def filtered_config(**filters) -> CGAugConfig:
 
 
 def run(dataset: Path, out: Path, config: CGAugConfig) -> dict:
-    return cgaug(source=str(dataset), out=str(out), bank=str(dataset / "bank.parquet"), config=config)
+    return generate_dataset_flow(source=str(dataset), out=str(out), bank=str(dataset / "bank.parquet"), config=config)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cgaug.config import CGAugConfig
-from cgaug.flows.generate import PlanMismatch, cgaug
+from cgaug.flows.generate import PlanMismatch, generate_dataset_flow
 from cgaug.labels import CITYSCAPES_BY_NAME, ade_palette
 from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.fs import open_root
@@ -32,8 +32,8 @@ def tiny_config(**run) -> CGAugConfig:
 
 
 def run(dataset: Path, out: Path, config: CGAugConfig | None = None) -> dict:
-    return cgaug(source=str(dataset), out=str(out), bank=str(dataset / "bank.parquet"),
-                 config=config or tiny_config())
+    return generate_dataset_flow(source=str(dataset), out=str(out), bank=str(dataset / "bank.parquet"),
+                                 config=config or tiny_config())
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +156,8 @@ def test_bad_inputs_are_recorded_and_the_rest_written(dataset_copy, tiny_home, t
 
 def test_non_local_output_root(dataset, tiny_home):
     out = "memory://cgaug-test/out"
-    summary = cgaug(source=str(dataset), out=out, bank=str(dataset / "bank.parquet"),
-                    config=tiny_config(variants=1))
+    summary = generate_dataset_flow(source=str(dataset), out=out, bank=str(dataset / "bank.parquet"),
+                                    config=tiny_config(variants=1))
     assert summary["shards"] == 2
     assert verify(open_root(out)) == []
 

@@ -225,7 +225,7 @@ def test_photo_controlnet_destination_with_other_content_is_refused(tmp_path):
 
 def test_full_size_configs_build_the_published_architectures():
     """The published parameter counts: SD1.5 UNet 859.52 M, CLIP ViT-L/14 text 123.06 M, VAE 83.65 M."""
-    from cgaug.models.configs import count_module_parameters, load_config, random_components
+    from cgaug.models.configs import component_config, count_module_parameters, random_components
 
     parts = random_components("meta")
     counts = {name: count_module_parameters(parts[name])
@@ -233,7 +233,7 @@ def test_full_size_configs_build_the_published_architectures():
 
     assert counts == {"unet": 859_520_964, "controlnet": 361_279_120, "vae": 83_653_863,
                       "text_encoder": 123_060_480}
-    unet = load_config("unet")
+    unet = component_config("unet")
     assert (unet["cross_attention_dim"], unet["attention_head_dim"], unet["layers_per_block"]) == (768, 8, 2)
     scheduler = parts["scheduler"].config
     assert (scheduler.beta_schedule, scheduler.steps_offset) == ("scaled_linear", 1)
@@ -257,7 +257,7 @@ def test_seg_controlnet_config_is_the_controlnet_derived_from_the_unet():
 
 
 def test_unknown_config_component_is_refused():
-    from cgaug.models.configs import load_config
+    from cgaug.models.configs import component_config
 
     with pytest.raises(ValueError, match="'refiner'"):
-        load_config("refiner")
+        component_config("refiner")

@@ -138,13 +138,14 @@ def test_coco_builder_decodes_polygons_and_both_rle_kinds(tmp_path):
     assert set(ids) == {"coco:10:0", "coco:12:0"}
 
     dog = bank.entry(ids["coco:10:0"])
-    assert (dog.class_name, dog.ade_class, dog.source, dog.source_id) == ("dog", "animal", "coco", "10")
+    # source_id names the image file (where the anomaly mix finds the pixels); object_id keeps the annotation id
+    assert (dog.class_name, dog.ade_class, dog.source, dog.source_id) == ("dog", "animal", "coco", "a.jpg")
     assert dog.box == (2, 2, 10, 7)
     assert dog.area == 40
     assert bank.mask(ids["coco:10:0"]).all()
 
     chair = bank.entry(ids["coco:12:0"])
-    assert (chair.class_name, chair.ade_class) == ("chair", "chair")
+    assert (chair.class_name, chair.ade_class, chair.source_id) == ("chair", "chair", "b.jpg")
     assert chair.box == (0, 0, 4, 3)
     np.testing.assert_array_equal(bank.mask(ids["coco:12:0"]), HAND_MASK)
 
@@ -170,6 +171,22 @@ def test_coco_builder_options(tmp_path):
 
     counts = build_from_coco(src, out, classes=["dog"], min_area=5, drop_truncated=True)
     assert counts["written"] == 1  # the dog polygon is inside the image, not truncated
+
+
+def test_coco_source_id_falls_back_to_the_url_then_the_image_id(tmp_path):
+    """LVIS-style images name their file only in coco_url; without either the image id stands in."""
+    src = _coco(tmp_path)
+    data = json.loads(src.read_text())
+    data["images"] = [{"id": 1, "coco_url": "http://images.cocodataset.org/train2017/000000000001.jpg",
+                       "height": 10, "width": 12},
+                      {"id": 2, "height": 3, "width": 4}]
+    src.write_text(json.dumps(data))
+    out = str(tmp_path / "coco.parquet")
+    build_from_coco(src, out, min_area=5)
+    bank = ObjectBank.open(out)
+    ids = _by_id(bank)
+    assert bank.entry(ids["coco:10:0"]).source_id == "000000000001.jpg"
+    assert bank.entry(ids["coco:12:0"]).source_id == "2"
 
 
 def test_coco_builder_errors(tmp_path):

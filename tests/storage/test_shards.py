@@ -121,14 +121,6 @@ def entries(root: Root, prefix: str) -> list[str]:
 # --- writing and reading back ----------------------------------------------------------------------------
 
 
-def test_shard_name_is_zero_padded_and_validated():
-    assert shard_name(7) == "shards/shard-00007.parquet"
-    assert shard_name(np.int64(12)) == "shards/shard-00012.parquet"
-    for bad in (-1, 100_000, "3", True):
-        with pytest.raises(ValueError, match="shard id"):
-            shard_name(bad)
-
-
 def test_round_trip_verifies_and_reads_back_every_array(root):
     rows = build_dataset(root)
     assert verify(root) == []

@@ -25,7 +25,7 @@ COMPONENT_FILES = {"unet": "unet.json", "controlnet": "controlnet_seg.json", "va
                    "text_encoder": "text_encoder.json", "scheduler": "scheduler.json"}
 
 
-def load_config(component: str, family: str = SD15) -> dict[str, Any]:
+def component_config(component: str, family: str = SD15) -> dict[str, Any]:
     """One component's config as a dict (`component` is a key of COMPONENT_FILES)."""
     if component not in COMPONENT_FILES:
         raise ValueError(f"expected a component in {sorted(COMPONENT_FILES)}, found {component!r}")
@@ -48,21 +48,21 @@ def random_components(device: str | torch.device = "cpu", dtype: torch.dtype | N
     from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    text_config = {k: v for k, v in load_config("text_encoder", family).items() if k != "architectures"}
+    text_config = {k: v for k, v in component_config("text_encoder", family).items() if k != "architectures"}
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.device(device):
         torch.manual_seed(seed)
         modules = {
-            "unet": UNet2DConditionModel.from_config(load_config("unet", family)),
-            "controlnet": ControlNetModel.from_config(load_config("controlnet", family)),
-            "vae": AutoencoderKL.from_config(load_config("vae", family)),
+            "unet": UNet2DConditionModel.from_config(component_config("unet", family)),
+            "controlnet": ControlNetModel.from_config(component_config("controlnet", family)),
+            "vae": AutoencoderKL.from_config(component_config("vae", family)),
             "text_encoder": CLIPTextModel(CLIPTextConfig(**text_config)),
         }
     for module in modules.values():
         module.eval()
         if dtype is not None:  # nn.Module.to: diffusers' override warns about fp32 modules SD1.5 lacks
             torch.nn.Module.to(module, dtype=dtype)
-    return {**modules, "scheduler": PNDMScheduler.from_config(load_config("scheduler", family))}
+    return {**modules, "scheduler": PNDMScheduler.from_config(component_config("scheduler", family))}
 
 
 def random_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, seed: int = 0,
@@ -82,4 +82,4 @@ def count_module_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["COMPONENT_FILES", "load_config", "random_components", "random_pipeline"]
+__all__ = ["COMPONENT_FILES", "component_config", "random_components", "random_pipeline"]

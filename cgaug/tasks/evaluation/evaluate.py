@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from cgaug.config import EvalOptions
 from cgaug.tasks.evaluation.metrics import AnomalyAccumulator, ConfusionMatrix, FprRule
 
 if TYPE_CHECKING:
@@ -31,26 +31,6 @@ if TYPE_CHECKING:
     from cgaug.storage.evalsets import EvalDataset, EvalItem
 
 NUM_CLASSES = 19
-
-
-class EvalOptions(BaseModel):
-    """Settings of an evaluation run (CLI flags and flow parameters)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fpr_rule: Literal["first", "closest"] = "first"
-    limit: int | None = Field(None, ge=1)  # first N frames of each dataset (sorted by id)
-    batch_size: int = Field(2, ge=1)
-    device: str = "auto"  # auto: cuda when available, else cpu
-    amp: bool = True  # float16 autocast, CUDA only
-    window: tuple[int, int] | None = None  # sliding-window (height, width); None: whole images
-    stride: tuple[int, int] | None = None  # window step; default 2/3 of the window
-    examples: int = Field(4, ge=0)  # frames shown in the visual grid
-    example_width: int = Field(480, ge=16)  # panel width in the grid
-    score_precision: Literal["float16", "float32", "float64"] | None = None  # None: the model's own
-    acdc_root: str | None = None  # ACDC originals for acdc_poc (default: the acdc_poc folder itself)
-    acdc_void: Literal["poc", "multishiftseg"] = "poc"
-    ro21_subset: Literal["official", "all"] = "official"
 
 
 @dataclass

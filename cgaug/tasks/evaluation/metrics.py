@@ -158,7 +158,9 @@ def fpr_at_recall(table: ScoreTable, rule: FprRule = "first", level: float = REC
     first candidate minimising |recall - level| in float64 wins. On tied scores it can pick a recall
     below `level` (|0.9 - 0.95| < |1.0 - 0.95| in float64), and on a horizontal ROC segment it picks the
     largest FP (lowest threshold). Its extra final candidate (recall 1, FP 0) ties with the first
-    recall-1 threshold, which comes first, so it can never win and is left out here.
+    recall-1 threshold, which comes first, so it can never win and is left out here. The candidates are
+    scanned chunk by chunk (`_sweep`), a chunk without the recall-1 threshold contributing all of its
+    thresholds; among equal distances in different chunks the later (lower-threshold) chunk wins.
     """
     n_pos, n_neg = _check_classes(table)
     if rule not in FPR_RULES:
@@ -171,12 +173,13 @@ def fpr_at_recall(table: ScoreTable, rule: FprRule = "first", level: float = REC
             if k < recall.size:
                 return float(c.fp[k] / n_neg), float(c.thresholds[k])
             continue
-        end = int(np.searchsorted(c.tp, n_pos, side="left")) + 1  # candidates up to the first TP == P
+        full = int(np.searchsorted(c.tp, n_pos, side="left"))  # the first TP == P, if in this chunk
+        end = min(full + 1, recall.size)  # candidates: this chunk's thresholds down to that one
         distance = np.abs(recall[:end] - level)
         k = end - 1 - int(np.argmin(distance[::-1]))  # the last minimum = first in the reversed order
         if distance[k] <= best[0]:  # later chunks hold later (lower) thresholds: ties go to them
             best = (float(distance[k]), float(c.fp[k] / n_neg), float(c.thresholds[k]))
-        if end <= recall.size and c.tp[end - 1] == n_pos:
+        if full < recall.size:
             break
     return best[1], best[2]
 
@@ -509,15 +512,20 @@ class ComponentMetrics:
     """SegmentMeIfYouCan's component-level metrics: mean sIoU (per GT component), mean PPV (per predicted
     component) and mean F1 over sIoU/PPV thresholds 0.25..0.75 (11 steps), counted over the whole dataset.
 
-    Per frame (research/metrics.md 1.2): the prediction is `score > threshold` (strict) with void pixels
-    cleared; components are 8-connected; predicted components under `min_prediction_size` pixels are
-    dropped and GT components under `min_gt_size` pixels become void (SMIYC: 500/100 on the anomaly
-    track, 50/10 on the obstacle track). For a GT component k, with K the union of the predicted
-    components touching it, sIoU = |k & K| / (|K| + |k| - |k & K| - |K on other GT components|), so a
-    prediction covering two neighbouring objects is not punished for the other one. The PPV of a
-    predicted component is the fraction of it on GT components. At threshold t, TP = #GT components with
-    sIoU >= t, FN = the others, FP = #predicted components with PPV < t. SMIYC takes `threshold` as the
-    best-F1 pixel threshold of the same dataset; here it is the caller's choice.
+    Per frame (research/metrics.md 1.2), in the order of SMIYC's `default_instancer`
+    (road-anomaly-benchmark `metrics/instance_segmentation.py`): the prediction is `score > threshold`
+    (strict) with void pixels cleared; GT and predicted components are 8-connected; predicted components
+    under `min_prediction_size` pixels are dropped; then GT components under `min_gt_size` pixels become
+    void and everything is restricted to the remaining non-void pixels (SMIYC: 500/100 on the anomaly
+    track, 50/10 on the obstacle track). The order matters: a prediction's size is taken before it loses
+    its pixels on a voided small object, and a prediction crossing such an object stays one component.
+
+    For a GT component k, with K the union of the predicted components touching it, sIoU = |k & K| /
+    (|K| + |k| - |k & K| - |K on other GT components|), so a prediction covering two neighbouring objects
+    is not punished for the other one. The PPV of a predicted component is the fraction of it on GT
+    components. At threshold t, TP = #GT components with sIoU >= t, FN = the others, FP = #predicted
+    components with PPV < t. SMIYC takes `threshold` as the best-F1 pixel threshold of the same dataset;
+    here it is the caller's choice.
     """
 
     def __init__(self, threshold: float, min_prediction_size: int = 0, min_gt_size: int = 0):
@@ -538,18 +546,18 @@ class ComponentMetrics:
         eight = np.ones((3, 3), dtype=bool)
         roi = labels != 255
         gt, n_gt = ndimage.label(labels == 1, structure=eight)
-        if self.min_gt_size and n_gt:
-            small = np.bincount(gt.ravel(), minlength=n_gt + 1) < self.min_gt_size
-            small[0] = False
-            roi &= ~small[gt]  # small GT components become void
-            gt[small[gt]] = 0
         pred, n_pred = ndimage.label((scores > self.threshold) & roi, structure=eight)
-        pred_size = np.bincount(pred.ravel(), minlength=n_pred + 1)
         if self.min_prediction_size and n_pred:
-            drop = pred_size < self.min_prediction_size
+            drop = np.bincount(pred.ravel(), minlength=n_pred + 1) < self.min_prediction_size
             drop[0] = False
             pred[drop[pred]] = 0
-            pred_size[drop] = 0
+        if self.min_gt_size and n_gt:
+            small = np.bincount(gt.ravel(), minlength=n_gt + 1) < self.min_gt_size
+            small[0] = False  # SMIYC's loop also voids the background if it is that small: not copied
+            roi &= ~small[gt]  # small GT components become void
+            gt[small[gt]] = 0
+            pred[~roi] = 0  # components keep their identity: not split where they crossed a voided object
+        pred_size = np.bincount(pred.ravel(), minlength=n_pred + 1)
         on_gt = np.bincount(pred[gt > 0], minlength=n_pred + 1)  # pixels of each predicted component on GT
         kept = np.flatnonzero(pred_size[1:]) + 1
         self.ppv.extend((on_gt[kept] / pred_size[kept]).tolist())

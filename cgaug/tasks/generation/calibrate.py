@@ -28,11 +28,10 @@ import numpy as np
 import pyarrow as pa
 
 from cgaug.storage.fs import Root
-from cgaug.tasks.generation.filter import QUANTILES
+from cgaug.storage.layout import CONFIG_FILE, INDEX_NAME
+from cgaug.storage.stats import quantiles as score_quantiles
 from cgaug.tasks.generation.gates import GATE_BY_NAME, GATES
 
-INDEX_NAME = "index.parquet"
-CONFIG_NAME = "config.json"
 BISECTION_STEPS = 40
 
 
@@ -41,7 +40,7 @@ class GateCalibration:
     name: str
     threshold_field: str  # the FilterConfig key to set
     n: int  # generations with a score for this gate
-    quantiles: dict[str, float]
+    quantiles: dict[str, float]  # cgaug.storage.stats.QUANTILES of the gate's scores
     current: float | None  # the run's threshold (None: recorded only)
     current_pass_rate: float | None  # the fraction of generations the current threshold passes
     alone: float  # this gate by itself passes `target`
@@ -156,7 +155,7 @@ def calibrate(names: list[str], matrix: np.ndarray, target: float, current: dict
         field = GATE_BY_NAME[name].threshold_field if name in GATE_BY_NAME else name
         gates.append(GateCalibration(
             name=name, threshold_field=field, n=int(values.size),
-            quantiles={str(q): float(np.quantile(values, q)) for q in QUANTILES} if values.size else {},
+            quantiles=score_quantiles(values),
             current=threshold, current_pass_rate=current_rate,
             alone=threshold_for_rate(matrix[:, c], target, strict[c]), joint=joint[c]))
     acceptance = None if max_attempts is None else 1.0 - (1.0 - target) ** max_attempts
@@ -167,9 +166,9 @@ def calibrate(names: list[str], matrix: np.ndarray, target: float, current: dict
 
 def run_thresholds(root: Root) -> tuple[dict[str, float | None], int | None]:
     """The thresholds and max_attempts the run was made with (from its config.json), if recorded."""
-    if not root.exists(CONFIG_NAME):
+    if not root.exists(CONFIG_FILE):
         return {}, None
-    filters = json.loads(root.read_bytes(CONFIG_NAME)).get("config", {}).get("filters") or {}
+    filters = json.loads(root.read_bytes(CONFIG_FILE)).get("config", {}).get("filters") or {}
     thresholds = {g.name: filters.get(g.threshold_field) for g in GATES if g.threshold_field in filters}
     return thresholds, filters.get("max_attempts")
 

@@ -28,6 +28,7 @@ from cgaug.labels import (
     ade_color,
     label_id_to_ade_color_lut,
     label_id_to_train_id_lut,
+    ood_class_list,
 )
 from cgaug.records import OOD_TRAIN_ID, Composition, PastedObject, SampleSkipped
 
@@ -181,9 +182,30 @@ def _choose_object(bank: MaskBank, classes: tuple[str, ...], cfg: ComposeConfig,
     return int(pool[rng.integers(len(pool))])
 
 
+def bank_class_filter(cfg: ComposeConfig) -> tuple[str, ...] | None:
+    """The classes to open the object bank with: an explicit `compose.ood_classes` list, else all (None).
+
+    A named list ('train', 'validation', 'unmapped') is applied by `usable_classes` instead, as the bank's
+    classes on that list, since a bank rarely holds every class of a list.
+    """
+    return tuple(cfg.ood_classes) if isinstance(cfg.ood_classes, list) and cfg.ood_classes else None
+
+
 def usable_classes(bank: MaskBank, cfg: ComposeConfig) -> tuple[str, ...]:
-    """The bank classes compose may paste; errors on classes painted like an in-distribution class."""
-    classes = tuple(cfg.ood_classes) if cfg.ood_classes is not None else tuple(bank.classes)
+    """The bank classes compose may paste; errors on classes painted like an in-distribution class.
+
+    `compose.ood_classes`: None takes every class of the bank (which `cgaug bank build` restricts to the
+    reference's training list by default); a list must name bank classes; a named list keeps the bank's
+    classes on it, in the bank's order.
+    """
+    if isinstance(cfg.ood_classes, str):
+        named = set(ood_class_list(cfg.ood_classes))
+        classes = tuple(name for name in bank.classes if name in named)
+        if not classes:
+            raise ValueError(f"the object bank has no class of the {cfg.ood_classes!r} OOD class list "
+                             f"(compose.ood_classes); the bank has {list(bank.classes)}")
+    else:
+        classes = tuple(cfg.ood_classes) if cfg.ood_classes is not None else tuple(bank.classes)
     missing = sorted(set(classes) - set(bank.classes))
     if missing:
         raise ValueError(f"compose.ood_classes names {missing}, which the object bank lacks; "

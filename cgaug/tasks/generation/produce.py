@@ -21,7 +21,7 @@ from cgaug.storage.fs import open_root
 from cgaug.storage.plan import PLAN_FILE, PlanEntry, load_plan
 from cgaug.storage.reports import quality_of_shard, write_report
 from cgaug.storage.shards import shard_complete, write_shard
-from cgaug.tasks.generation.compose import usable_classes
+from cgaug.tasks.generation.compose import bank_class_filter, usable_classes
 from cgaug.tasks.generation.filter import Judge, make_judge
 from cgaug.tasks.generation.generate import load_generator
 from cgaug.tasks.generation.plan import shards_of
@@ -67,7 +67,7 @@ def write_planned_shard(source: str, out: str, bank: str, config: CGAugConfig, s
     """
     root = open_root(out)
     entries = entries if entries is not None else planned_entries(out, shard_id)
-    object_bank = open_bank(bank, tuple(config.compose.ood_classes) if config.compose.ood_classes else None)
+    object_bank = open_bank(bank, bank_class_filter(config.compose))
     classes = usable_classes(object_bank, config.compose)
     generate, settings = load_generator(config.generator)
     rows, stats = make_shard_rows(entries, source, object_bank, classes, config, generate, settings,

@@ -2,7 +2,8 @@
 
 Order, as in the reference's dataset: mixup of the original into the augmented image at full
 resolution (weight p = min(U(0, 1), mixup_max), labels untouched: the augmented label stays), then
-the same random crop and horizontal flip on both images, then the anomaly mix: one OOD object
+the same random crop and horizontal flip on both images (the reference's DeepLab recipe crops
+without flipping: `flip_probability: 0`), then the anomaly mix: one OOD object
 with pixels pasted into the cropped original at a random scale and position, its pixels labelled
 254. The reference pastes objects anywhere in the crop, not only on road (the generation stage's
 placement in `cgaug.tasks.generation.compose` keeps objects on road because the generator must render them
@@ -128,6 +129,7 @@ def make_pair(image: np.ndarray, label: np.ndarray, aug_image: np.ndarray, aug_l
         aug_label = np.where(noise, np.uint8(VOID_TRAIN_ID), aug_label)
     pasted = 0
     if obj is not None:
-        label = label.copy()
+        # Copies: the crop can be a view of a decoded (read-only) or caller-owned array.
+        image, label = image.copy(), label.copy()
         pasted = paste_object(image, label, obj[0], obj[1], float(scales[int(rng.integers(len(scales)))]), rng)
     return PairArrays(image, label, aug_image, aug_label, noise, weight, pasted)

@@ -12,7 +12,7 @@ workers round-robin, and each group's blob columns are read once. So a worker ho
 (16 samples) at a time, and every byte of a shard is read at most once per epoch.
 
 Anomaly-mix objects come from an `ObjectSource`: `BankObjects` (an object bank whose rows point
-at source images: ADE20K, or a mask folder with images beside the masks) or `GeneratedObjects`
+at source images: ADE20K, COCO, or a mask folder with images beside the masks) or `GeneratedObjects`
 (objects cut from accepted generated images with their OOD masks, beyond the reference).
 """
 
@@ -24,13 +24,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import fsspec
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID, SourceRecord
 from cgaug.seeds import derive_seed
-from cgaug.storage.evalsets.base import EvalDataset, EvalItem, EvalSample
+from cgaug.storage.bank import ObjectBank
+from cgaug.storage.evalsets.base import EvalDataset, EvalItem, EvalSample, read_rgb
 from cgaug.storage.fs import Root, open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.shards import INDEX_NAME, read_manifest, read_sample
@@ -165,33 +167,36 @@ class BankObjects(_Cached):
 
     The image of an entry is ``{images}/{source_id}``, with the mask's file suffix swapped for
     .jpg/.png when that file is absent: ADE20K source ids are the image files under the release
-    folder's parent; a mask folder's are ``class/mask.png``, with the image beside it in a parallel
-    folder. COCO entries record the annotation id, not the image, and are refused.
+    folder's parent; COCO's are the image file names, so `images` is the folder holding them
+    (``COCO/train2017``), as the reference's PEBAL-style anomaly mix pastes COCO objects; a mask
+    folder's are ``class/mask.png``, with the image beside it in a parallel folder. COCO banks built
+    before source ids named the image file (they hold annotation ids) are refused with the fix: rebuild.
+    Without `images`, a ``bank_images/`` folder beside the bank file is used when it exists (the layout
+    `cgaug fixtures` writes), so the common case needs no setting.
     """
 
     SUFFIXES = (".jpg", ".jpeg", ".png")
+    BESIDE = "bank_images"
 
     def __init__(self, bank_path: str, images: str | None):
         super().__init__()
-        from cgaug.storage.bank import ObjectBank
-
         self.bank = ObjectBank.open(bank_path)
         if images is None:
-            raise TrainDataError(f"data.bank_images is not set: the anomaly mix needs the source images of the "
-                                 f"objects in {bank_path} (masks alone have no pixels); set it, or use "
-                                 "data.anomaly_source=generated")
-        sources = {self.bank.entry(i).source for i in range(len(self.bank))}
-        if "coco" in sources:
-            raise TrainDataError(f"{bank_path}: COCO entries record annotation ids, not image files, so their "
-                                 "pixels cannot be found; build the anomaly-mix bank from ADE20K or a folder")
+            beside = f"{posixpath.dirname(bank_path.rstrip('/')) or '.'}/{self.BESIDE}"
+            fs, _ = fsspec.core.url_to_fs(beside)
+            if fs.isdir(beside):
+                images = beside
+        if images is None:
+            raise TrainDataError(f"data.bank_images is not set and {bank_path} has no {self.BESIDE}/ folder beside "
+                                 f"it: the anomaly mix needs the source images of the objects in {bank_path} (masks "
+                                 "alone have no pixels); set data.bank_images, or use data.anomaly_source=generated")
+        _check_coco_entries(self.bank, bank_path)
         self.images = images.rstrip("/")
 
     def __len__(self) -> int:
         return len(self.bank)
 
     def image_path(self, index: int) -> str:
-        import fsspec
-
         source_id = self.bank.entry(index).source_id
         path = f"{self.images}/{source_id}"
         stem = posixpath.splitext(path)[0]
@@ -203,8 +208,6 @@ class BankObjects(_Cached):
                              f"{'/'.join(self.SUFFIXES)} suffix) under data.bank_images={self.images}")
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from cgaug.storage.evalsets.base import read_rgb
-
         entry = self.bank.entry(index)
         image = read_rgb(self.image_path(index), "object source image")
         x0, y0, x1, y1 = entry.box
@@ -214,6 +217,23 @@ class BankObjects(_Cached):
             raise TrainDataError(f"object {entry.object_id!r}: box {entry.box} does not fit its image "
                                  f"{image.shape[1]}x{image.shape[0]} (mask {mask.shape})")
         return np.ascontiguousarray(crop), mask
+
+
+def _check_coco_entries(bank: ObjectBank, bank_path: str) -> None:
+    """Refuse COCO entries whose source id is no image file name: their pixels cannot be found.
+
+    Banks built before COCO rows recorded the image file hold the annotation id there (``"1234"``);
+    annotations without ``file_name`` or ``coco_url`` leave the image id. Neither has a file suffix.
+    """
+    for i in range(len(bank)):
+        entry = bank.entry(i)
+        if entry.source == "coco" and not posixpath.splitext(entry.source_id)[1]:
+            raise TrainDataError(
+                f"{bank_path}: COCO object {entry.object_id!r} records source id {entry.source_id!r}, not an "
+                "image file, so its pixels cannot be found (the bank was built before COCO rows recorded their "
+                "image, or from annotations without file_name); rebuild it with `cgaug bank build "
+                "instances_train2017.json --from coco --out BANK` and set data.bank_images to the images folder "
+                "(e.g. COCO/train2017)")
 
 
 class GeneratedObjects(_Cached):

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cgaug.config import TrainConfig, TrainStageConfig
+from cgaug.config import EvalOptions, TrainConfig, TrainStageConfig
 from cgaug.seeds import derive_seed
 from cgaug.storage.fs import Root, open_root
 
@@ -212,7 +212,7 @@ def _epoch_record(epoch: int, stage: int, sums: dict[str, float], steps: int, im
 def validate(model: UncertaintyModel, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """AUROC / AP / FPR@95 and mIoU on every validation set, keyed ``val/NAME/METRIC``; `val/ap` is their mean AP."""
     from cgaug.models.uncertainty import trained_segmenter
-    from cgaug.tasks.evaluation.evaluate import EvalOptions, evaluate_dataset
+    from cgaug.tasks.evaluation.evaluate import evaluate_dataset
     from cgaug.tasks.training.dataset import open_validation
 
     segmenter = trained_segmenter(model.export_config() | {"mean": cfg.data.mean, "std": cfg.data.std}, {},

@@ -9,8 +9,11 @@ with o in Omega_out (OOD pixels, label 254, of originals and augmented images), 
 images); the third term pairs the same location of an original and its augmented image where
 both are in-distribution. Higher u = more anomalous.
 
-Pixel sampling (the reference's): k = floor(sample_ratio * B * H * W) pixels are drawn without
-replacement from each set, capped by the smallest set, so every set contributes equally.
+Pixel sampling: k = floor(sample_ratio * B * H * W) pixels (B * H * W: the originals' pixels) are
+drawn without replacement from each set, capped by the smallest set, so every set contributes
+equally; term 3 averages over up to floor(sample_ratio * B * H * W) sampled paired pixels. The
+reference uses ratio 1 of the whole 2B batch, so its k is the smallest set, and averages term 3
+over every paired pixel: `sample_ratio: 1.0` gives both (docs/fidelity.md).
 `pairing="sampled"` (reference) hinges the j-th sampled OOD pixel against the j-th sampled
 in-distribution pixel; `pairing="all_pairs"` (the paper's expectation) averages over all k x k
 pairs of the samples. A term whose set is empty is 0 (kept in the graph so the step still works).

@@ -11,10 +11,10 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
+from cgaug.config import EvalOptions  # noqa: E402
 from cgaug.storage.evalsets import EvalDataset, EvalItem, EvalSample  # noqa: E402
 from cgaug.storage.fs import open_root  # noqa: E402
 from cgaug.tasks.evaluation.evaluate import (  # noqa: E402
-    EvalOptions,
     evaluate_dataset,
     predict_batch,
     window_positions,

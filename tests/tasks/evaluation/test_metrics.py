@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from cgaug.labels import CITYSCAPES_LABELS
+from cgaug.tasks.evaluation import metrics as metrics_module
 from cgaug.tasks.evaluation.metrics import (
+    FPR_RULES,
     AnomalyAccumulator,
     ConfusionMatrix,
     anomaly_metrics,
@@ -102,6 +104,39 @@ def test_fpr95_closest_equals_the_papers_code(seed, levels):
     scores, labels = tied_data(seed, n=5_000, levels=levels)
     s, y = valid(scores, labels)
     assert anomaly_metrics(scores, labels, "closest")["fpr95"] == hendrycks_fpr_at_recall(y, s)
+
+
+def test_fpr95_closest_beyond_one_sweep_chunk_of_distinct_scores():
+    """1.5 M distinct, weakly separated scores: more thresholds than one sweep chunk (2**20), in memory and
+    streamed in chunks, against the sort-based reference over all 1.5 M scores at once."""
+    rng = np.random.default_rng(2024)
+    labels = (rng.random(1_500_000) < 0.2).astype(np.uint8)
+    scores = rng.normal(size=labels.size) + 0.3 * labels  # positives N(0.3, 1), negatives N(0, 1)
+    assert np.unique(scores).size == scores.size > 1 << 20
+    expected = hendrycks_fpr_at_recall(labels, scores)
+    assert anomaly_metrics(scores, labels, "closest")["fpr95"] == expected
+    accumulator = AnomalyAccumulator()
+    for part in np.array_split(np.arange(scores.size), 7):
+        accumulator.update(scores[part], labels[part])
+    assert accumulator.compute("closest")["fpr95"] == expected
+    # Sanity: weak separation puts the 95%-recall point deep in the negatives, far from both ends.
+    assert 0.8 < expected < 0.95
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_metric_is_independent_of_the_sweep_chunk(monkeypatch, chunk, seed):
+    """Tiny sweep chunks put chunk boundaries at every kind of threshold (ties, the recall-1 point)."""
+    scores, labels = tied_data(seed, n=3_000, levels=40)
+    whole = {rule: anomaly_metrics(scores, labels, rule) for rule in FPR_RULES}
+    points = curve_points(*_table(scores, labels))
+    monkeypatch.setattr(metrics_module, "_SWEEP_CHUNK", chunk)
+    s, y = valid(scores, labels)
+    assert anomaly_metrics(scores, labels, "closest")["fpr95"] == hendrycks_fpr_at_recall(y, s)
+    for rule in FPR_RULES:
+        assert anomaly_metrics(scores, labels, rule) == pytest.approx(whole[rule], abs=1e-12)
+    for name, values in curve_points(*_table(scores, labels)).items():
+        np.testing.assert_allclose(values, points[name], atol=1e-15, err_msg=name)
 
 
 def pos_neg(positive_scores: list[float], negative_scores: list[float]):
@@ -433,3 +468,40 @@ def test_component_size_filters():
     metrics = ComponentMetrics(threshold=0.5, min_prediction_size=3, min_gt_size=4)
     metrics.update(scores, labels)
     assert metrics.siou == [1.0] and metrics.ppv == [1.0]
+
+
+def test_component_size_is_taken_before_small_gt_objects_become_void():
+    """SMIYC filters predicted components by size first and voids small GT objects afterwards."""
+    from cgaug.tasks.evaluation.metrics import ComponentMetrics
+
+    labels = np.zeros((10, 10), np.uint8)
+    labels[1, 1:4] = 1  # a 3-px GT object: void under min_gt_size=4
+    labels[5:8, 5:8] = 1  # a 9-px GT object
+    scores = np.zeros((10, 10))
+    scores[1, 1:8] = 1.0  # 7 px: the small object (3) and 4 background pixels to its right
+    scores[5:8, 5:8] = 1.0  # exactly the 9-px object
+    metrics = ComponentMetrics(threshold=0.5, min_prediction_size=6, min_gt_size=4)
+    metrics.update(scores, labels)
+    # SMIYC order: the row-1 component has 7 px >= 6 and stays; voiding the small object then leaves its
+    # 4 background pixels, none on GT: PPV 0, a false positive at every threshold. The 9-px object is
+    # predicted exactly: sIoU 1, PPV 1. (Voiding first would leave a 4-px component, dropped as < 6.)
+    assert metrics.siou == [1.0] and metrics.ppv == [0.0, 1.0]
+    # Every threshold: TP 1, FN 0, FP 1 -> F1 2/3.
+    assert metrics.compute()["mean_f1"] == pytest.approx(2 / 3)
+
+
+def test_component_crossing_a_voided_small_object_stays_one_component():
+    from cgaug.tasks.evaluation.metrics import ComponentMetrics
+
+    labels = np.zeros((6, 12), np.uint8)
+    labels[2, 4:6] = 1  # a 2-px GT object: void under min_gt_size=3
+    labels[1:5, 8:11] = 1  # a 12-px GT object, two columns right of it (not 8-connected)
+    scores = np.zeros((6, 12))
+    scores[2, 1:10] = 1.0  # one 9-px line: 3 background, 2 on the small object, 2 background, 2 on the big one
+    metrics = ComponentMetrics(threshold=0.5, min_gt_size=3)
+    metrics.update(scores, labels)
+    # SMIYC order: the line is labelled before the small object becomes void, so it stays one component,
+    # restricted to the 7 pixels left in the ROI (cols 1-3 and 6-9), 2 of them on the big object:
+    # PPV = 2/7; sIoU(big) = 2 / (7 + 12 - 2 - 0) = 2/17. (Voiding first would split it into a 3-px
+    # component with PPV 0 and a 4-px one with PPV 1/2, and give sIoU 2 / (4 + 12 - 2) = 1/7.)
+    assert metrics.siou == pytest.approx([2 / 17]) and metrics.ppv == pytest.approx([2 / 7])

@@ -6,7 +6,7 @@ import pytest
 from cgaug.config import ComposeConfig
 from cgaug.labels import CITYSCAPES_BY_NAME, ade_palette, label_id_to_train_id_lut
 from cgaug.records import OOD_TRAIN_ID, SampleSkipped
-from cgaug.tasks.generation.compose import compose, conditioning_map, usable_classes
+from cgaug.tasks.generation.compose import bank_class_filter, compose, conditioning_map, usable_classes
 from tests.tasks.conftest import ListBank, ellipse, street
 
 ROAD = CITYSCAPES_BY_NAME["road"].id
@@ -125,3 +125,20 @@ def test_rejects_classes_painted_like_cityscapes():
         usable_classes(clash, ComposeConfig())
     with pytest.raises(ValueError, match="lacks"):
         usable_classes(clash, ComposeConfig(ood_classes=["unicorn"]))
+
+
+def test_named_ood_class_lists_keep_the_bank_classes_on_them():
+    # "box" and "shelf" are on both reference lists, "bed" only on the training list, "mountain" on neither
+    # (but unmapped); "dog" is no ADE20K-150 class at all.
+    bank = ListBank([(name, "box" if name == "dog" else name, ellipse(20, 40))
+                     for name in ("shelf", "mountain", "box", "bed", "dog")])
+    assert usable_classes(bank, ComposeConfig()) == ("bed", "box", "dog", "mountain", "shelf")
+    assert usable_classes(bank, ComposeConfig(ood_classes="train")) == ("bed", "box", "shelf")
+    assert usable_classes(bank, ComposeConfig(ood_classes="validation")) == ("box", "shelf")
+    assert usable_classes(bank, ComposeConfig(ood_classes="unmapped")) == ("bed", "box", "mountain", "shelf")
+    assert bank_class_filter(ComposeConfig(ood_classes="train")) is None  # applied above, not when opening
+    assert bank_class_filter(ComposeConfig(ood_classes=["box"])) == ("box",)
+    with pytest.raises(ValueError, match="no class of the 'validation'"):
+        usable_classes(ListBank([("bed", "bed", ellipse(20, 40))]), ComposeConfig(ood_classes="validation"))
+    with pytest.raises(ValueError, match="ood_classes"):
+        ComposeConfig(ood_classes="furniture")

@@ -44,3 +44,19 @@ def test_pasted_object_writes_its_pixels_and_label_254():
     pixels = paste_object(image, label, rgb, mask, 1.0, np.random.default_rng(0))
     assert pixels == 4 and (label == 254).sum() == 4
     assert (image[label == 254] == 77).all() and (image[label != 254] == 0).all()
+
+
+def test_anomaly_mix_works_on_read_only_inputs_and_leaves_them_alone():
+    # Decoded PNGs (np.asarray of a PIL image) are read-only; a full-size crop is a view of them.
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    label = np.zeros((16, 24), np.uint8)
+    for array in (image, label):
+        array.setflags(write=False)
+    before = image.copy(), label.copy()
+    obj = (np.full((6, 6, 3), 200, np.uint8), np.ones((6, 6), bool))
+    pair = make_pair(image, label, image, label, None, crop=(16, 24), flip_probability=0.0, mixup_max=None,
+                     obj=obj, scales=[1.0], rng=np.random.default_rng(1))
+    assert pair.pasted_pixels == 36 and (pair.label == 254).sum() == 36
+    assert (pair.image[pair.label == 254] == 200).all()
+    assert np.array_equal(image, before[0]) and np.array_equal(label, before[1])

@@ -1,10 +1,16 @@
+"""The generation tree: layers, unknown keys, tiny defaults and the output fingerprint."""
+
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from cgaug.config import CGAugConfig, ConfigError, load_config
-from cgaug.seeds import derive_seed, stage_rng
+
+PREVIOUS_OUT = Path(__file__).resolve().parents[1] / "data" / "previous_main" / "OUT"
 
 
 def test_layers_file_env_overrides(tmp_path):
@@ -43,10 +49,15 @@ def test_fingerprint_ignores_batch_and_sharding():
     assert base.output_fingerprint() == same.output_fingerprint() != other.output_fingerprint()
 
 
-def test_seed_derivation_is_stable_and_separates_inputs():
-    assert derive_seed(0, "a", 0, 0) == derive_seed(0, "a", 0, 0)
-    seeds = {derive_seed(r, s, v, a) for r in (0, 1) for s in ("a", "b") for v in (0, 1) for a in (0, 1)}
-    assert len(seeds) == 16
-    # golden value: blake2b-64 of b"0\x1fa\x1f0\x1f0", little-endian, top bit cleared (computed by hand)
-    assert derive_seed(0, "a", 0, 0) == 4844953884773511459
-    assert stage_rng(5, "compose").random() != stage_rng(5, "prompt").random()
+def test_fingerprint_of_an_existing_output_is_unchanged():
+    """The fingerprint recorded by the previous main must come out of its recorded settings again."""
+    record = json.loads((PREVIOUS_OUT / "config.json").read_text())
+    assert record["config_fingerprint"] == "80503f127d676db7"
+    assert CGAugConfig.model_validate(record["config"]).output_fingerprint() == record["config_fingerprint"]
+    manifest = json.loads((PREVIOUS_OUT / "manifest.json").read_text())
+    assert CGAugConfig.model_validate(manifest["config"]).output_fingerprint() == manifest["config_fingerprint"]
+
+
+def test_training_environment_is_left_to_the_training_tree():
+    cfg = load_config(environ={"CGAUG_TRAIN__RUN__SEED": "7", "CGAUG_RUN__SEED": "3"})
+    assert cfg.run.seed == 3

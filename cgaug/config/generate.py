@@ -1,31 +1,25 @@
-"""One typed configuration tree shared by the CLI and the flows.
+"""The generation tree (`cgaug generate`, the `cgaug` flow): run, compose, prompts, generator, filters.
 
-Layers, lowest to highest: defaults here < a YAML file < `CGAUG_*`
-environment variables (nested with `__`, e.g. `CGAUG_RUN__SEED=3`) < explicit
-overrides (CLI flags). Every model forbids unknown keys, so a typo is an error
-naming the key instead of a silently ignored setting. Thresholds and
-probabilities are named fields, never literals in stage code.
+Layered as every tree is (`cgaug.config.base`). Thresholds and probabilities
+are named fields, never literals in stage code. `CGAugConfig.output_fingerprint`
+identifies the settings that change a sample's content; an output records it
+in config.json and the manifest, so what it covers must never change for an
+existing output (how work is scheduled, `cgaug.config.orchestration`, is not
+part of it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-ENV_PREFIX = "CGAUG_"
-ENV_NESTED = "__"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from cgaug.config.base import TRAIN_ENV_SECTION, StrictModel, drop_none, env_layer, layered, read_yaml_sections
+from cgaug.labels import OodClassList
 
 REFERENCE_PLACES: tuple[str, ...] = (
     "New York City", "Tokyo", "The Bay Area", "London", "Singapore", "Los Angeles", "Hong Kong", "Beijing",
@@ -42,7 +36,7 @@ REFERENCE_PLACES: tuple[str, ...] = (
 )  # the reference's list with its HTML entities ("&amp;") decoded
 
 
-class PromptConfig(_Strict):
+class PromptConfig(StrictModel):
     """Prompt vocabulary and probabilities; defaults reproduce the reference exactly."""
 
     base_template: str = "An image sampled from various stereo video sequences taken by dash cam."
@@ -79,7 +73,7 @@ class PromptConfig(_Strict):
         return value
 
 
-class ComposeConfig(_Strict):
+class ComposeConfig(StrictModel):
     """Cut-and-paste geometry. Pixel sizes are at `reference_height` label rows and scale with the label."""
 
     reference_height: int = Field(1024, gt=0)
@@ -96,7 +90,7 @@ class ComposeConfig(_Strict):
     contact_band: float = Field(0.05, gt=0.0, le=1.0)  # bottom fraction of an object that must touch road
     min_road_fraction: float = Field(0.0, ge=0.0, le=1.0)  # of object pixels over road (bottom edge always)
     class_balanced: bool = True  # pick a class uniformly, then an instance of it
-    ood_classes: list[str] | None = None  # restrict the bank to these classes
+    ood_classes: list[str] | OodClassList | None = None  # None: all bank classes; a list; or a named list
     min_object_area_px: int = Field(100, ge=1)  # smaller pasted objects (after clipping) are retried
     max_placement_tries: int = Field(20, ge=1)  # per object and margin level; bounded, recorded when exhausted
     min_road_pixels: int = Field(1, ge=1)  # fewer road pixels than this -> sample skipped (no_road)
@@ -131,7 +125,7 @@ SchedulerName = Literal["unipc", "dpmpp", "ddim"]
 DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(StrictModel):
     """How images are generated; every field that changes pixels is stored with each sample."""
 
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, local dir, or "tiny"
@@ -178,7 +172,7 @@ TINY_GENERATOR = {"controlnet": None, "local_files_only": True, "steps": 2, "sho
 FilterMode = Literal["none", "tiny", "default"]
 
 
-class FilterConfig(_Strict):
+class FilterConfig(StrictModel):
     """Automatic quality filtering (method step 5): gates, thresholds, labels, regeneration, models.
 
     A gate passes when its score reaches its threshold (the object gate: exceeds it, as in the
@@ -247,7 +241,7 @@ TINY_FILTERS: dict[str, Any] = {
 """Settings `filters.mode: tiny` uses unless a field is set explicitly."""
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     seed: int = 0
     variants: int = Field(1, ge=1)  # generated samples per source image
     shard_size: int = Field(64, ge=1)
@@ -256,7 +250,7 @@ class RunConfig(_Strict):
     on_error: Literal["skip", "raise"] = "skip"  # bad input samples: record and go on, or stop
 
 
-class CGAugConfig(_Strict):
+class CGAugConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
@@ -291,58 +285,6 @@ class CGAugConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file, key and value."""
-
-
-def _set_nested(target: dict[str, Any], path: list[str], value: Any) -> None:
-    for key in path[:-1]:
-        target = target.setdefault(key, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"cannot set {'.'.join(path)}: {key} is not a section")
-    target[path[-1]] = value
-
-
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """`CGAUG_SECTION__FIELD=value` variables as a nested dict; JSON values (lists, maps) are parsed."""
-    layer: dict[str, Any] = {}
-    for name, raw in (os.environ if environ is None else environ).items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = name[len(ENV_PREFIX):].lower().split(ENV_NESTED)
-        value: Any = raw
-        if raw[:1] in "[{":
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"environment variable {name}: invalid JSON ({exc})") from exc
-        _set_nested(layer, path, value)
-    return layer
-
-
-def read_yaml_sections(path: str | Path | None) -> dict[str, Any]:
-    """The mapping in a YAML config file ({} without a file), or a ConfigError naming the file."""
-    if path is None:
-        return {}
-    try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path}: cannot read YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections, found {type(loaded).__name__}")
-    return loaded
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -359,200 +301,6 @@ def load_config(
     Raises:
         ConfigError: unreadable file, unknown key or invalid value, naming where it came from.
     """
-    data = read_yaml_sections(path)
     env = {k: v for k, v in env_layer(environ).items() if k != TRAIN_ENV_SECTION}  # training has its own tree
-    data = _deep_merge(data, env)
-    data = _deep_merge(data, _drop_none(overrides or {}))
-    try:
-        return CGAugConfig.model_validate(data)
-    except ValidationError as exc:
-        origin = f"config file {path}, CGAUG_* environment or flags" if path else "CGAUG_* environment or flags"
-        raise ConfigError(f"invalid configuration ({origin}):\n{exc}") from exc
-
-
-def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            nested = _drop_none(value)
-            if nested:
-                out[key] = nested
-        elif value is not None:
-            out[key] = value
-    return out
-
-
-# --- training (method.md, Part 2) ------------------------------------------------------------------------
-
-TRAIN_ENV_SECTION = "train"
-"""`CGAUG_TRAIN__SECTION__FIELD` variables configure training (e.g. `CGAUG_TRAIN__LOSS__SELECT_RATIO=0.7`)."""
-
-
-class TrainDataConfig(_Strict):
-    """What a training batch is made of: originals with anomaly mix, paired with accepted CG-Aug samples."""
-
-    split: str = "train"  # source split and shard split
-    verdicts: list[str] = Field(default_factory=lambda: ["accepted"])  # shard rows usable as augmented images
-    min_scores: dict[str, float] = Field(default_factory=dict)  # e.g. {"sam_iou": 0.8}: quality-score floors
-    batch_size: int = Field(8, ge=1)  # pairs per step: B originals + B augmented (reference: 8 + 8)
-    crop_size: tuple[int, int] = (512, 1024)  # (height, width); the same crop on an original and its pair
-    flip_probability: float = Field(0.5, ge=0.0, le=1.0)  # horizontal flip, the same on both images
-    mixup: bool = True  # blend the original into the augmented image (reference)
-    mixup_max: float = Field(0.3, ge=0.0, le=1.0)  # weight p = min(U(0, 1), mixup_max) (reference)
-    anomaly_mix: bool = True  # paste one OOD object with pixels into each original, label 254 (reference)
-    anomaly_source: Literal["bank", "generated"] = "bank"  # bank: ADE20K/folder image + mask; generated:
-    # objects cut from accepted generated images with their (SAM) OOD masks, beyond the reference
-    bank: str | None = None  # object bank Parquet; None: SOURCE/bank.parquet
-    bank_images: str | None = None  # root of the bank's source images (ADE20K release parent, mask folder)
-    anomaly_scales: list[float] = Field(  # object scale factors, drawn uniformly (reference's ood_scale_array)
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    anomaly_probability: float = Field(1.0, ge=0.0, le=1.0)  # of an original getting an object
-    use_noise_mask: bool = False  # void the shard's pixel noise mask in augmented labels (beyond the reference)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet normalisation (reference)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    num_workers: int = Field(4, ge=0)
-    prefetch_factor: int = Field(2, ge=1)
-
-    @field_validator("anomaly_scales")
-    @classmethod
-    def _scales(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < s <= 1 for s in value):
-            raise ValueError(f"expected a non-empty list of factors in (0, 1], found {value}")
-        return value
-
-
-class TrainModelConfig(_Strict):
-    """The closed-world segmenter to fine-tune and its learnable uncertainty function."""
-
-    kind: Literal["deeplab", "mask2former"] = "deeplab"
-    checkpoint: str | None = None  # state dict .pt/.pth or save_pretrained dir; None: random init (tests only)
-    num_classes: int = Field(19, ge=1)
-    encoder_name: str = "resnet101"  # smp encoder (DeepLab); the reference uses a WideResNet38 (not in smp)
-    decoder_channels: int = Field(256, ge=1)  # DeepLab
-    tiny: bool = False  # a small random-weight network (CPU tests); ignores encoder_name / decoder_channels
-    # The paper writes W without bias; the reference copies the classifier's bias into its anomaly head
-    # (Mask2Former class_embed2), which makes u equal the energy score exactly at step 0. Follow the code.
-    uncertainty_bias: bool = True
-
-
-class TrainLossConfig(_Strict):
-    """L = L_unc + beta1 CE(orig) + beta2 CE_sel(aug); every number from method.md Part 2."""
-
-    margins: tuple[float, float, float] = (10.0, 5.0, 5.0)  # alpha1, alpha2, alpha3 (DeepLab reference)
-    betas: tuple[float, float] = (50.0, 10.0)  # beta1 (CE originals), beta2 (noise-aware CE augmented)
-    sample_ratio: float = Field(0.1, gt=0.0, le=1.0)  # of all pixels, per set; capped by the set sizes
-    # sampled: the reference pairs k sampled pixels of each set one to one; all_pairs: the paper's expectation
-    # over every (o, i) pair of the k sampled pixels (k x k hinge terms)
-    pairing: Literal["sampled", "all_pairs"] = "sampled"
-    select_ratio: float = Field(0.8, gt=0.0, le=1.0)  # rho: fraction of labelled augmented pixels kept in CE_sel
-    ood_id: int = 254
-    ignore_id: int = 255
-
-
-class TrainStageConfig(_Strict):
-    """One stage: which parameter groups train, for how long and how fast."""
-
-    epochs: int = Field(1, ge=0)
-    lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    trainable: list[str] = Field(default_factory=lambda: ["uncertainty"])  # group names of the model
-    scheduler: Literal["constant", "poly"] = "constant"  # poly: lr (1 - t/T)^0.9 over the stage's steps
-
-
-class TrainRunConfig(_Strict):
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when available
-    amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16 with loss scaling); never on CPU
-    grad_clip: float | None = Field(1.0, gt=0.0)  # max global grad norm; None: no clipping
-    max_steps_per_epoch: int | None = Field(None, ge=1)  # smoke runs (`--max-steps`)
-    validate_every: int = Field(1, ge=1)  # epochs
-    validation: list[str] = Field(default_factory=list)  # KIND=DIR eval sets, or "shards=OUT[@SPLIT]"
-    validation_limit: int | None = Field(None, ge=1)  # frames per validation set
-    progress: bool = True
-
-
-class TrainConfig(_Strict):
-    """The training tree: `cgaug train` and the `cgaug-train` flow."""
-
-    preset: Literal["tiny", "deeplab", "mask2former"] = "deeplab"
-    run: TrainRunConfig = Field(default_factory=TrainRunConfig)
-    data: TrainDataConfig = Field(default_factory=TrainDataConfig)
-    model: TrainModelConfig = Field(default_factory=TrainModelConfig)
-    loss: TrainLossConfig = Field(default_factory=TrainLossConfig)
-    stage1: TrainStageConfig = Field(default_factory=lambda: TrainStageConfig(**TRAIN_PRESETS["deeplab"]["stage1"]))
-    stage2: TrainStageConfig = Field(default_factory=lambda: TrainStageConfig(**TRAIN_PRESETS["deeplab"]["stage2"]))
-
-    def fingerprint(self) -> str:
-        """A hash of the settings that change the trained weights (not device, progress or workers)."""
-        data = self.model_dump(mode="json")
-        for volatile in ("device", "progress"):
-            data["run"].pop(volatile)
-        data["data"].pop("num_workers")
-        data["data"].pop("prefetch_factor")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # DeepLab reference: stage 1 W only, 10 epochs, Adam 1e-4, wd 1e-4; stage 2 ASPP + decoder + W at 1e-6,
-    # 50 epochs in total; beta (50, 10); margins (10, 5, 5); batch 8 + 8.
-    "deeplab": {
-        "model": {"kind": "deeplab"},
-        "loss": {"margins": (10.0, 5.0, 5.0), "betas": (50.0, 10.0)},
-        "stage1": {"epochs": 10, "lr": 1e-4, "weight_decay": 1e-4, "trainable": ["uncertainty"]},
-        "stage2": {"epochs": 40, "lr": 1e-6, "weight_decay": 1e-4, "trainable": ["aspp", "decoder", "uncertainty"]},
-    },
-    # Mask2Former reference: stage 1 the anomaly class embedding only for 5 epochs, stage 2 everything
-    # (backbone kept frozen as the reference's FREEZE_AT 5 and train(False) do); beta (0, 0); margins
-    # (0.7, 0.5, 0.2); crop 380x760; lr 1e-5 (its anomaly_ft.yaml BASE_LR).
-    "mask2former": {
-        "model": {"kind": "mask2former", "num_classes": 19},
-        "data": {"crop_size": (380, 760)},
-        "loss": {"margins": (0.7, 0.5, 0.2), "betas": (0.0, 0.0)},
-        "stage1": {"epochs": 5, "lr": 1e-5, "weight_decay": 1e-4, "trainable": ["uncertainty"]},
-        "stage2": {"epochs": 5, "lr": 1e-5, "weight_decay": 1e-4,
-                   "trainable": ["pixel_decoder", "transformer_decoder", "classifier", "uncertainty"]},
-    },
-    # A small random-weight DeepLab on small crops: the whole flow on a CPU in about a minute.
-    "tiny": {
-        "model": {"kind": "deeplab", "tiny": True},
-        "data": {"batch_size": 2, "crop_size": (128, 256), "num_workers": 0},
-        "loss": {"margins": (10.0, 5.0, 5.0), "betas": (50.0, 10.0), "sample_ratio": 0.25},
-        "run": {"amp": False, "progress": False},
-        "stage1": {"epochs": 1, "lr": 1e-3, "weight_decay": 1e-4, "trainable": ["uncertainty"]},
-        "stage2": {"epochs": 1, "lr": 1e-4, "weight_decay": 1e-4, "trainable": ["aspp", "decoder", "uncertainty"]},
-    },
-}
-"""Per-backbone defaults; a config file, CGAUG_TRAIN__* variables and flags override them."""
-
-
-def load_train_config(
-    path: str | Path | None = None,
-    preset: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> TrainConfig:
-    """Resolve the training layers: preset < YAML file < `CGAUG_TRAIN__*` environment < overrides.
-
-    The preset comes from `preset`, else the file's `preset` key, else "deeplab".
-
-    Raises:
-        ConfigError: unreadable file, unknown preset or key, or invalid value, naming where it came from.
-    """
-    data = read_yaml_sections(path)
-    env = env_layer(environ).get(TRAIN_ENV_SECTION, {})
-    if not isinstance(env, dict):
-        raise ConfigError(f"environment: {ENV_PREFIX}{TRAIN_ENV_SECTION.upper()} must name a section")
-    name = preset or _drop_none(overrides or {}).get("preset") or env.get("preset") or data.get("preset") \
-        or "deeplab"
-    if name not in TRAIN_PRESETS:
-        raise ConfigError(f"unknown training preset {name!r}; expected one of {', '.join(TRAIN_PRESETS)}")
-    merged = _deep_merge(json.loads(json.dumps(TRAIN_PRESETS[name])), data)
-    merged = _deep_merge(merged, env)
-    merged = _deep_merge(merged, _drop_none(overrides or {}))
-    merged["preset"] = name
-    try:
-        return TrainConfig.model_validate(merged)
-    except ValidationError as exc:
-        origin = f"config file {path}, CGAUG_TRAIN__* environment or flags" if path else \
-            "preset, CGAUG_TRAIN__* environment or flags"
-        raise ConfigError(f"invalid training configuration ({origin}):\n{exc}") from exc
+    origin = f"config file {path}, CGAUG_* environment or flags" if path else "CGAUG_* environment or flags"
+    return layered(CGAugConfig, [read_yaml_sections(path), env, drop_none(overrides or {})], "configuration", origin)
