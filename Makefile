@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 STACK_DIR ?= .cgaug-stack
 
-.PHONY: venv test test-fast test-slow demo demo-local stack-up stack-down lint bench clean
+.PHONY: venv test test-fast test-slow demo demo-local stack-up stack-down lint bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/compose.py
+
+# Every GPU figure in one time-boxed run (about 9 minutes on one H100/H200); results in gpu-check/.
+gpu-check: venv
+	PYTHON=$(PY) benchmarks/gpu_check.sh --out gpu-check
 
 clean:
 	-test -x $(VENV)/bin/cgaug && $(VENV)/bin/cgaug stack down --state $(DEMO_DIR)/stack

@@ -17,6 +17,7 @@ Run: `python benchmarks/filtering.py [--smoke] [--batch N] [--repeats R]`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -51,38 +52,24 @@ def _compositions(workdir: Path, count: int, height: int, width: int, cfg: CGAug
     return items
 
 
-def _full_size_pipeline(dtype: Any) -> Any:
-    """SD1.5 + seg-ControlNet architectures with random weights (no download)."""
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        StableDiffusionControlNetPipeline,
-        UNet2DConditionModel,
-        UniPCMultistepScheduler,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _full_size_pipeline(cfg: CGAugConfig, dtype: Any, device: str = "cuda") -> Any:
+    """SD1.5 + seg-ControlNet built from the published configs with random weights (no download), with
+    the production's scheduler and speed settings: the networks `benchmarks/generation.py` times."""
+    from cgaug.models.configs import random_pipeline
+    from cgaug.models.generator import optimize_pipeline, with_scheduler
 
-    from cgaug.models.tiny import clip_tokenizer
-
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77))
-    controlnet = ControlNetModel.from_unet(unet)
-    scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                             controlnet=controlnet, scheduler=scheduler, safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda", dtype)
+    base = random_pipeline(device=device, dtype=dtype, seed=0)
+    return optimize_pipeline(with_scheduler(base, cfg.generator.scheduler), cfg.generator)
 
 
-def _full_size_filters(cfg: FilterConfig, dtype: Any) -> Any:
-    """SAM ViT-H, SegFormer-B5 (Cityscapes head) and CLIP ViT-B-16 with random weights."""
+def _full_size_filters(cfg: FilterConfig, dtype: Any, device: str = "cuda") -> Any:
+    """SAM ViT-H, SegFormer-B5 (Cityscapes head) and CLIP ViT-B-16 with random weights, built on `device`
+    ("meta" in the tests: the architectures without memory) with the processors their hub releases use."""
     import open_clip
+    import torch
     from transformers import (
         SamConfig,
+        SamImageProcessor,
         SamModel,
         SamProcessor,
         SegformerConfig,
@@ -95,18 +82,20 @@ def _full_size_filters(cfg: FilterConfig, dtype: Any) -> Any:
 
     sam_cfg = SamConfig(vision_config={"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
                                        "global_attn_indexes": [7, 15, 23, 31], "initializer_range": 0.02})
-    sam = SamModel(sam_cfg).eval().to("cuda", dtype)
     seg_cfg = SegformerConfig(depths=[3, 6, 40, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768,
                               num_labels=19, id2label=dict(enumerate(CITYSCAPES_TRAIN_NAMES)))
-    seg = SegformerForSemanticSegmentation(seg_cfg).eval().to("cuda", dtype)
-    clip = open_clip.create_model("ViT-B-16", pretrained=None).eval().to("cuda", dtype)
-    common = {"device": "cuda", "dtype": dtype, "batch_size": cfg.batch_size}
+    with torch.device(device):  # initialised where they run: seconds instead of a minute on the CPU
+        sam = SamModel(sam_cfg).eval().to(dtype=dtype)
+        seg = SegformerForSemanticSegmentation(seg_cfg).eval().to(dtype=dtype)
+        clip = open_clip.create_model("ViT-B-16", pretrained=None, device=device).eval().to(dtype=dtype)
+    common = {"device": device, "dtype": dtype, "batch_size": cfg.batch_size}
     return FilterModels(
-        masker=SamMasker(sam, SamProcessor(), **common),
+        masker=SamMasker(sam, SamProcessor(image_processor=SamImageProcessor()), **common),
         segmenter=Segmenter(seg, SegformerImageProcessor(do_reduce_labels=False),
                             cityscapes_class_map(seg_cfg.id2label, "segmenter_model"),
                             short_side=cfg.segmenter_short_side, **common),
-        clip=ClipScorer(clip, open_clip.get_tokenizer("ViT-B-16"), **common))
+        clip=ClipScorer(clip, open_clip.get_tokenizer("ViT-B-16"), template=cfg.clip_class_template,
+                        context=cfg.clip_crop_context, **common))
 
 
 def _sync() -> None:
@@ -134,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (seconds)")
     parser.add_argument("--batch", type=int, help="images per batch [smoke 4, full 8]")
     parser.add_argument("--repeats", type=int, help="timed repetitions after a warm-up [smoke 2, full 3]")
+    parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -159,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe, models = load_pipeline(cfg.generator), load_filter_models(cfg.filters)
     else:
-        pipe, models = _full_size_pipeline(torch.bfloat16), _full_size_filters(cfg.filters, torch.bfloat16)
+        pipe = _full_size_pipeline(cfg, torch.bfloat16)
+        models = _full_size_filters(cfg.filters, torch.bfloat16)
     conds = [c.cond_map for c, _ in items]
     prompts, negatives = [p.text for _, p in items], [p.negative for _, p in items]
     seeds = list(range(len(items)))
@@ -180,7 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in per_gate.items():
         print(f"  {name:20s} {1000 * seconds / n:9.1f} ms/image")
     print(f"filter / generation: {100 * filter_time / gen_time:.1f}%")
+    if args.json:
+        _write_json(Path(args.json), {
+            "device": device, "batch": n, "height": height, "width": width, "repeats": repeats,
+            "generation_short_side": cfg.generator.short_side, "generation_steps": cfg.generator.steps,
+            "generation_ms_per_image": 1000 * gen_time / n, "filter_ms_per_image": 1000 * filter_time / n,
+            "gate_ms_per_image": {name: 1000 * seconds / n for name, seconds in per_gate.items()},
+            "filter_over_generation": filter_time / gen_time})
     return 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader (benchmarks/gpu_check.py after a time box) never sees half a file."""
+    from cgaug.storage.fs import open_root
+
+    open_root(str(path.parent)).write_bytes_atomic(path.name, json.dumps(data, indent=2).encode())
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{flops['controlnet'] / 1e9:.1f}, VAE decode {flops['vae_decode'] / 1e9:.1f}, "
           f"text encoder {flops['text_encoder'] / 1e9:.2f}")
 
-    results = [run_reference(args.smoke, scale, device, repeats, flops, peak)]
-    results += run_ours(args.smoke, scale, device, repeats, flops, peak, compile_too=not args.no_compile,
-                        backend=backend)
-    for result in results:
-        print(_line(result))
+    results: list[Result] = []
+
+    def record(result: Result | None = None) -> None:
+        """Print and save each configuration as it finishes (a run killed by a time box keeps the others);
+        without a result, mark the file complete."""
+        complete = result is None
+        if result is not None:
+            results.append(result)
+            print(_line(result), flush=True)
+        if args.json:
+            _write_json(Path(args.json), {"device": name, "scale": asdict(scale), "flops_per_forward": flops,
+                                          "peak_bf16_tflops": peak, "complete": complete,
+                                          "results": [asdict(r) for r in results]}, announce=complete)
+
+    record(run_reference(args.smoke, scale, device, repeats, flops, peak))
+    run_ours(args.smoke, scale, device, repeats, flops, peak, compile_too=not args.no_compile, backend=backend,
+             done=record)
     _summary(results, scale, flops, peak, name)
-    if args.json:
-        _write_json(Path(args.json), {"device": name, "scale": asdict(scale), "flops_per_forward": flops,
-                                      "peak_bf16_tflops": peak, "results": [asdict(r) for r in results]})
+    record()
     return 0
 
 
@@ -241,7 +252,8 @@ def run_reference(smoke: bool, scale: Scale, device: str, repeats: int, flops: d
 
 
 def run_ours(smoke: bool, scale: Scale, device: str, repeats: int, flops: dict[str, float],
-             peak: float | None, *, compile_too: bool, backend: str) -> list[Result]:
+             peak: float | None, *, compile_too: bool, backend: str,
+             done: Callable[[Result], None] = lambda _: None) -> list[Result]:
     import torch
 
     from cgaug.config import GeneratorConfig
@@ -251,12 +263,14 @@ def run_ours(smoke: bool, scale: Scale, device: str, repeats: int, flops: dict[s
                           short_side=scale.height, channels_last=True, compile=False)
     base = build_pipeline(smoke, device, {"bf16": torch.bfloat16, "fp32": torch.float32}[scale.ours_dtype])
     results = [_time(base, cfg, "ours", scale, repeats, flops, peak, compile_backend=backend)]
+    done(results[-1])
     if compile_too:
         compiled = cfg.model_copy(update={"compile": True})
         results.append(_time(base, compiled, "ours", scale, repeats, flops, peak, compile_backend=backend))
         results[-1].extra["compile_backend"] = backend
         if backend == "inductor":
             results[-1].extra["compile_mode"] = compiled.compile_mode
+        done(results[-1])
     del base
     _release(device)
     return results
@@ -352,7 +366,7 @@ def _summary(results: list[Result], scale: Scale, flops: dict[str, float], peak:
           f"{best.images_per_second / limit:.1%} of it")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any], announce: bool = True) -> None:
     """Atomic: a temporary file in the same directory, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -363,7 +377,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    print(f"results written to {path}")
+    if announce:
+        print(f"results written to {path}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,17 @@ they start) gets PREFECT_API_AUTH_STRING: other local users then cannot start
 runs either.
 
 Everything the stack starts is a process group of its own, recorded in
-``STATE/stack.json``, with its log in ``STATE/logs/``.
+``STATE/stack.json`` (pid and command line, so that a pid reused by another
+program is never taken for ours), with its log in ``STATE/logs/``.
+
+Recovery: `cgaug stack up` on a stack that is partly dead keeps what still
+runs and restarts the rest (the server on its old port and database, so live
+workers and their flow runs find it again). Flow runs that the dead parts
+left RUNNING or PENDING are marked CRASHED at once (`crash_stranded_runs`),
+so a rerun does not wait behind `cgaug/generate`'s concurrency limit for the
+zombie automation (600 s). Every client the stack starts retries the API for
+about four minutes (`CLIENT_RETRY_ENV`), and the server keeps its concurrency
+leases on disk, so flow runs ride out a server restart or a short outage.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,9 +43,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 CPU_POOL = "cpu"
 GPU_POOL = "gpu"
@@ -47,6 +60,18 @@ DEFAULT_DATA_ROOT = "/data"  # the shared volume of docker-compose.yml
 SERVER_START_TIMEOUT_S = 120.0
 AUTH_ENV = ("CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING")  # where `cgaug stack up` looks (resolve_auth)
 WORKER_STOP_TIMEOUT_S = 20.0
+# Prefect's client waits 2**k s (+-20 % jitter) before retry k, for 429/502/503/408, timeouts and, once
+# it has connected, refused connections. 7 retries wait 2+4+...+128 = 254 s (at least 203 s with
+# jitter) where the default 5 give up after ~62 s: a flow run then outlives a server restart or an
+# outage of three minutes instead of crashing unreported and leaving its run RUNNING.
+CLIENT_RETRY_ENV = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
+# Deployment concurrency leases (cgaug/generate holds one while it runs) live in the server's memory by
+# default: a restarted server forgets them, and the surviving run's next renewal (every 225 s) is
+# refused and cancels it. On disk (under PREFECT_HOME) they outlive the server process.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+LOG_MARKER = "--- cgaug stack: starting"  # heads each incarnation of a process in its log
+SUBMITTED_RE = re.compile(rb"Worker '[^']*' submitting flow run '([0-9a-f-]{36})'")
+LOG_SCAN_BYTES = 64 << 20  # how much of a worker's log (its end) `crash_stranded_runs` reads
 
 
 class StackError(RuntimeError):
@@ -62,6 +87,8 @@ class StackState:
     state_dir: str
     processes: dict[str, int] = field(default_factory=dict)  # name -> pid (each leads its process group)
     auth: bool = False  # the server requires basic auth (the string itself is never written here)
+    commands: dict[str, list[str]] = field(default_factory=dict)  # name -> argv it was started with
+    database: str | None = None  # the server's database URL without its password; None: SQLite under STATE
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -73,6 +100,14 @@ class StackState:
     def load(cls, state_dir: str | Path) -> StackState | None:
         path = Path(state_dir) / STATE_FILE
         return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def alive(self) -> dict[str, int]:
+        """The recorded processes that still run what the stack started them with (name -> pid)."""
+        return {name: pid for name, pid in self.processes.items() if is_ours(pid, self.commands.get(name))}
+
+    def record(self, name: str, process: subprocess.Popen) -> None:
+        self.processes[name] = process.pid
+        self.commands[name] = [str(a) for a in process.args] if isinstance(process.args, list) else []
 
 
 def project_dir(start: str | Path | None = None) -> Path:
@@ -123,6 +158,8 @@ def base_env(api_url: str | None = None, home: str | Path | None = None, auth_st
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")  # the 10 s default dominates short runs
     env["PREFECT_CLI_PROMPT"] = "false"
+    for name, value in CLIENT_RETRY_ENV.items():
+        env.setdefault(name, value)  # workers hand it on to every flow run they start
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     if api_url is not None:
@@ -136,6 +173,8 @@ def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path, cwd: str
            ) -> subprocess.Popen:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        log.write(f"{LOG_MARKER} {name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        log.flush()
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)  # own process group: a stop reaches its flow runs too
 
@@ -178,6 +217,7 @@ def start_server(state_dir: Path, port: int, database_url: str | None = None, ho
     env["PREFECT_UI_API_URL"] = api_url
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
     process = _spawn("server", [prefect_bin(), "server", "start", "--host", host, "--port", str(port)], env,
                      state_dir / "logs")
     wait_healthy(api_url, process=process)
@@ -335,11 +375,14 @@ def stop_process(pid: int, timeout_s: float = WORKER_STOP_TIMEOUT_S, sig: int = 
 
 
 def is_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie that another parent has yet to reap is dead)."""
     _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -348,11 +391,97 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _cmdline(pid: int) -> list[str] | None:
+    """The argv of a running process (None when it is gone or cannot be read)."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        with contextlib.suppress(OSError):
+            return [part.decode(errors="replace") for part in proc.read_bytes().split(b"\0") if part] or None
+        return None
+    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return result.stdout.split() or None  # no /proc (macOS): good enough to compare with our own argv
+
+
+def is_ours(pid: int, command: list[str] | None) -> bool:
+    """Alive and running `command`, i.e. still the process the stack started, not a reuse of its pid.
+
+    A script's argv starts with its interpreter, so `command` must end the command line, and the
+    program it starts with must appear before. Without a recorded command (an older state file) a
+    live pid counts.
+    """
+    if not is_alive(pid):
+        return False
+    if not command:
+        return True
+    cmdline = _cmdline(pid)
+    if not cmdline:
+        return False
+    program, *arguments = command
+    split = len(cmdline) - len(arguments)
+    return split > 0 and cmdline[split:] == arguments and any(
+        Path(part).name == Path(program).name for part in cmdline[:split])
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    """The environment a process started with; None where it cannot be read (no /proc, another user)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def redact(url: str | None) -> str | None:
+    """A database URL without its password: what the state file may say about the server's database."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def worker_slots(gpus: list[str] | None, cpu_workers: int, cpu_limit: int) -> dict[str, tuple[str, int, str | None]]:
+    """name -> (pool, limit, GPU id) of every worker: the CPU worker, then one per GPU or `cpu_workers` on the CPU."""
+    gpus = gpus if gpus is not None else gpu_ids()
+    slots: dict[str, tuple[str, int, str | None]] = {"worker-cpu": (CPU_POOL, cpu_limit, None)}
+    if gpus:
+        slots.update({f"worker-gpu{g}": (GPU_POOL, 1, g) for g in gpus})
+    else:
+        slots.update({f"worker-cpu-as-gpu{i}": (GPU_POOL, 1, None) for i in range(cpu_workers)})
+    return slots
+
+
+def _check_compatible(state: StackState, live: dict[str, int], port: int | None, database_url: str | None,
+                      auth_string: str | None) -> None:
+    """Refuse a restart that would split the stack: what still runs keeps talking to the old address."""
+    running = f"the stack from {state.state_dir} still runs {', '.join(sorted(live))}"
+    recorded_port = urlsplit(state.api_url).port
+    if port and port != recorded_port:
+        raise StackError(f"{running} on port {recorded_port}: pass --port {recorded_port}, or stop it with "
+                         "`cgaug stack down` to move it")
+    if bool(auth_string) != state.auth:
+        raise StackError(f"{running}, started {'with' if state.auth else 'without'} an auth string: "
+                         f"{'pass the same one (--auth-string or $CGAUG_STACK_AUTH)' if state.auth else 'pass none'}"
+                         ", or stop it with `cgaug stack down` to change it")
+    if "server" not in live and redact(database_url) != state.database:
+        raise StackError(f"{running}; its server used {state.database or 'SQLite under the state directory'}: "
+                         "restart it with the same --database-url, or stop the stack with `cgaug stack down`")
+
+
 def up(state_dir: str | Path, *, port: int | None = None, database_url: str | None = None,
        pool_type: str = "process", project: Path | None = None, gpus: list[str] | None = None,
        cpu_workers: int = 1, cpu_limit: int = 4, data_root: str | None = None,
-       worker_env: dict[str, str] | None = None, auth_string: str | None = None) -> StackState:
-    """Start the server, bootstrap it and start the CPU worker and one GPU-pool worker per GPU.
+       worker_env: dict[str, str] | None = None, auth_string: str | None = None,
+       say: Callable[[str], None] = print) -> StackState:
+    """Start what of the stack is not running: the server (then bootstrap it), the CPU worker and one
+    GPU-pool worker per GPU.
+
+    Parts of an earlier stack in `state_dir` that still run are kept (a crashed server is restarted on
+    its old port and database, so that live workers and the flow runs they started find it again), and
+    flow runs that the dead parts left behind are marked CRASHED (`crash_stranded_runs`); `say` gets a
+    line for each such run and one saying what was kept and what was started.
 
     `gpus`: the GPU ids to start workers for (default: every visible GPU); without any, `cpu_workers`
     GPU-pool workers run on the CPU (the tiny generator's stand-in for a GPU pool). `auth_string`: the
@@ -363,43 +492,163 @@ def up(state_dir: str | Path, *, port: int | None = None, database_url: str | No
     """
     state_path = Path(state_dir).resolve()
     state_path.mkdir(parents=True, exist_ok=True)
-    existing = StackState.load(state_path)
-    if existing is not None and any(is_alive(pid) for pid in existing.processes.values()):
-        raise StackError(f"a stack is already running from {state_path} ({existing.ui_url}); "
-                         "stop it with `cgaug stack down` first")
+    previous = StackState.load(state_path)
+    live = previous.alive() if previous is not None else {}
+    crashed = previous is not None and bool(previous.processes)  # not stopped by `down`: something died
     project = project or project_dir()
-    port = port or free_port()
-    server, api_url = start_server(state_path, port, database_url, auth_string=auth_string)
-    state = StackState(api_url, api_url.removesuffix("/api"), str(state_path), {"server": server.pid},
-                       auth=bool(auth_string))
-    state.save()
+    slots = worker_slots(gpus, cpu_workers, cpu_limit)
+    if previous is not None and live:
+        _check_compatible(previous, live, port, database_url, auth_string)
+        state = previous
+    else:
+        api_url = f"http://127.0.0.1:{port or free_port()}/api"
+        state = StackState(api_url, api_url.removesuffix("/api"), str(state_path), auth=bool(auth_string),
+                           database=redact(database_url))
+    state.processes = {name: pid for name, pid in state.processes.items() if name in live}
+    state.commands = {name: command for name, command in state.commands.items() if name in live}
+    missing = [name for name in ("server", *slots) if name not in live]
+    if not missing:
+        say(f"stack up: everything runs already ({', '.join(live)}); kept it")
+        return state
+    started: list[str] = []
     try:
-        bootstrap(api_url, project, pool_type, data_root or str(state_path / "data"), auth_string)
-        state.processes["worker-cpu"] = start_worker("worker-cpu", CPU_POOL, api_url, state_path, cpu_limit,
-                                                     extra_env=worker_env, auth_string=auth_string).pid
-        gpus = gpus if gpus is not None else gpu_ids()
-        slots: list[tuple[str, str | None]] = [(f"worker-gpu{g}", g) for g in gpus] or [
-            (f"worker-cpu-as-gpu{i}", None) for i in range(cpu_workers)]
-        for name, gpu in slots:
-            state.processes[name] = start_worker(name, GPU_POOL, api_url, state_path, 1, gpu, worker_env,
-                                                 auth_string).pid
+        if "server" in missing:
+            server, _ = start_server(state_path, int(urlsplit(state.api_url).port or 0), database_url,
+                                     auth_string=auth_string)
+            state.record("server", server)
+            started.append("server")
+            state.save()
+        if previous is not None:  # a stack ran here: what died may have left flow runs RUNNING
+            try:
+                notes = crash_stranded_runs(state.api_url, state_path, set(live), auth_string)
+            except Exception as error:  # the stack matters more: such runs still end by the zombie automation
+                notes = [f"could not look for stranded flow runs: {error!r}"]
+            for note in notes:
+                say(note)
+        if "server" in started:
+            bootstrap(state.api_url, project, pool_type, data_root or str(state_path / "data"), auth_string)
+        for name, (pool, limit, gpu) in slots.items():
+            if name in missing:
+                state.record(name, start_worker(name, pool, state.api_url, state_path, limit, gpu, worker_env,
+                                                auth_string))
+                started.append(name)
         state.save()
     except BaseException:
-        down(state_path)
+        for name in reversed(started):  # only what this call started: kept workers go on with their runs
+            stop_process(state.processes.pop(name), sig=signal.SIGTERM if name == "server" else signal.SIGINT)
+            state.commands.pop(name, None)
+        state.save()
         raise
+    if previous is not None:
+        say(f"stack up: kept {', '.join(sorted(live)) or 'nothing'}; "
+            f"{'restarted' if crashed else 'started'} {', '.join(started)}")
     return state
 
 
 def down(state_dir: str | Path) -> list[str]:
-    """Stop every process of the stack, workers first; returns the names stopped."""
+    """Stop every process of the stack, workers first; returns the names stopped.
+
+    Only processes that still run what the stack started are signalled: a pid the system has since
+    given to another program is left alone.
+    """
     state = StackState.load(state_dir)
     if state is None:
         return []
     stopped = []
-    for name, pid in sorted(state.processes.items(), key=lambda kv: kv[0] == "server"):
-        if is_alive(pid):
-            stop_process(pid, sig=signal.SIGINT if name.startswith("worker") else signal.SIGTERM)
-            stopped.append(name)
-    state.processes = {}
+    for name, pid in sorted(state.alive().items(), key=lambda kv: kv[0] == "server"):
+        stop_process(pid, sig=signal.SIGINT if name.startswith("worker") else signal.SIGTERM)
+        stopped.append(name)
+    state.processes, state.commands = {}, {}
     state.save()
     return stopped
+
+
+def worker_submissions(logs: Path, live: set[str]) -> dict[str, bool]:
+    """Flow run id -> whether the worker process that took it still runs, from the workers' logs.
+
+    A process worker logs "Worker 'NAME' submitting flow run 'ID'" before it proposes PENDING, and
+    `_spawn` heads each start of a process with LOG_MARKER: a run found after the last marker of a
+    worker in `live` belongs to that living worker; any other was taken by a worker that is gone.
+    """
+    taken: dict[str, bool] = {}
+    for log in sorted(logs.glob("worker*.log")):
+        with open(log, "rb") as handle:
+            handle.seek(max(0, log.stat().st_size - LOG_SCAN_BYTES))
+            segments = handle.read().split(LOG_MARKER.encode())
+        for index, segment in enumerate(segments):
+            current = index == len(segments) - 1 and log.stem in live
+            for match in SUBMITTED_RE.finditer(segment):
+                taken[match.group(1).decode()] = current
+    return taken
+
+
+def run_process_alive(run_id: str, infrastructure_pid: str | None) -> bool | None:
+    """Whether the flow run's process still runs here: None when no pid was recorded yet.
+
+    True unless provably gone: the pid is dead, or now belongs to a process that is not this run (its
+    environment has another PREFECT__FLOW_RUN_ID). A pid of another host or an environment that cannot
+    be read counts as alive.
+    """
+    if not infrastructure_pid:
+        return None
+    host, _, pid_text = infrastructure_pid.rpartition(":")
+    if host and host != socket.gethostname():
+        return True
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if not is_alive(pid):
+        return False
+    environ = _environ(pid)
+    return environ is None or environ.get("PREFECT__FLOW_RUN_ID") == run_id
+
+
+def stranded_reason(run_id: str, infrastructure_pid: str | None, worker_alive: bool) -> str | None:
+    """Why a run taken by one of the stack's workers is provably dead, or None while it may live."""
+    process = run_process_alive(run_id, infrastructure_pid)
+    if process is False:
+        return f"its process {infrastructure_pid} is gone"
+    if process is None and not worker_alive:
+        return "the worker that took it is gone and it never started a process"
+    return None
+
+
+def crash_stranded_runs(api_url: str, state_dir: str | Path, live: set[str], auth_string: str | None = None
+                        ) -> list[str]:
+    """Mark CRASHED the RUNNING/PENDING flow runs of this stack's workers whose process is provably gone.
+
+    A run killed with its worker or while the server was down cannot report its end; it stays RUNNING,
+    holds `cgaug/generate`'s concurrency slot (limit 1) and a rerun waits until the zombie automation
+    gives up on it (600 s). Only runs the stack's own workers took (their logs name them, see
+    `worker_submissions`) are looked at, and only those whose process is gone, or that never got one and
+    whose worker is dead, are crashed; a CANCELLING one is marked CANCELLED. Returns a line per run.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    taken = worker_submissions(Path(state_dir) / "logs", live)
+    if not taken:
+        return []
+    open_states = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+    flt = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=open_states)))
+    notes = []
+    with _client(api_url, auth_string) as client:
+        runs, page = [], 200
+        while len(batch := client.read_flow_runs(flow_run_filter=flt, limit=page, offset=len(runs))) == page:
+            runs += batch
+        for run in [*runs, *batch]:
+            run_id = str(run.id)
+            if run_id not in taken or (why := stranded_reason(run_id, run.infrastructure_pid,
+                                                              taken[run_id])) is None:
+                continue
+            now = client.read_flow_run(run.id)  # after the process check: a run that ended meanwhile stays
+            if now.state is None or now.state.type not in open_states:
+                continue
+            message = f"cgaug stack up: {why}"
+            state = Cancelled(message=message) if now.state.type == StateType.CANCELLING else Crashed(
+                message=message)
+            client.set_flow_run_state(run.id, state, force=True)
+            notes.append(f"{state.name.lower()} flow run {run.name} ({run_id}): {why}")
+    return notes
