@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,8 +34,11 @@ from cgaug.tasks.generation.geometry import (
     worst,
 )
 
-if TYPE_CHECKING:  # type names only; they move to cgaug.models.filters, then this import becomes a plain one
-    from cgaug.tasks.generation.filter import FilterModels, PixelOutput
+# The filter models arrive as `cgaug.tasks.generation.filter.FilterModels` and their pixel outputs as its
+# `PixelOutput`; they are typed `Any` here because filter.py imports this module (gates must not import it
+# back). Once those protocols live in `cgaug.models.filters`, import them from there and type them here.
+FilterModels = Any
+PixelOutput = Any
 
 
 @dataclass(frozen=True, slots=True)
