@@ -37,7 +37,7 @@ def test_one_shard_is_written_verified_reported_and_journaled_once(dataset, tiny
     write_index(root)
     assert verify(root) == []
     quality, producer = read_report(root, 0)
-    assert quality.rows == 2 and quality.verdicts == {"unfiltered": 2} and quality.seconds > 0
+    assert quality.stats.rows == 2 and quality.stats.verdicts == {"unfiltered": 2} and quality.stats.seconds > 0
     assert producer["flow_run"] and producer["pid"] > 0  # named after the flow run that made it
     [entry] = journal(root)[0]
     assert entry["rows"] == 2 and entry["producer"] == producer
