@@ -77,8 +77,10 @@ def _full_size_filters(cfg: FilterConfig, dtype: Any, device: str = "cuda") -> A
         SegformerImageProcessor,
     )
 
-    from cgaug.models.filters import CITYSCAPES_TRAIN_NAMES, ClipScorer, SamMasker, Segmenter, cityscapes_class_map
-    from cgaug.tasks.generation.filter import FilterModels
+    from cgaug.models.filters import ClipScorer, FilterModels, SamMasker
+    from cgaug.models.filters.pixel import PixelSegmenter
+    from cgaug.models.segmenters import CITYSCAPES_TRAIN_NAMES, cityscapes_class_map
+    from cgaug.models.segmenters.hf import HfSegmenter
 
     sam_cfg = SamConfig(vision_config={"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
                                        "global_attn_indexes": [7, 15, 23, 31], "initializer_range": 0.02})
@@ -91,9 +93,9 @@ def _full_size_filters(cfg: FilterConfig, dtype: Any, device: str = "cuda") -> A
     common = {"device": device, "dtype": dtype, "batch_size": cfg.batch_size}
     return FilterModels(
         masker=SamMasker(sam, SamProcessor(image_processor=SamImageProcessor()), **common),
-        segmenter=Segmenter(seg, SegformerImageProcessor(do_reduce_labels=False),
-                            cityscapes_class_map(seg_cfg.id2label, "segmenter_model"),
-                            short_side=cfg.segmenter_short_side, **common),
+        segmenter=PixelSegmenter(HfSegmenter(seg, SegformerImageProcessor(do_reduce_labels=False)),
+                                 cityscapes_class_map(seg_cfg.id2label, "filters.segmenter_model"),
+                                 batch_size=cfg.batch_size, short_side=cfg.segmenter_short_side),
         clip=ClipScorer(clip, open_clip.get_tokenizer("ViT-B-16"), template=cfg.clip_class_template,
                         context=cfg.clip_crop_context, **common))
 

@@ -62,9 +62,10 @@ def measure(source: Path, shards: Path, preset: str, steps: int, workers: int, d
     import torch
 
     from cgaug.config import load_train_config
-    from cgaug.models.uncertainty import build_train_model
+    from cgaug.models.device import torch_device
+    from cgaug.models.segmenters.training import build_train_model
     from cgaug.tasks.training.dataset import PairDataset, make_loader
-    from cgaug.tasks.training.loop import StepRunner, loss_generator, resolve_device
+    from cgaug.tasks.training.loop import StepRunner, loss_generator
 
     overrides = {"data": {"anomaly_source": "generated", "num_workers": workers}, "run": {"device": device}}
     cfg = load_train_config(preset=preset, overrides=overrides)
@@ -81,7 +82,7 @@ def measure(source: Path, shards: Path, preset: str, steps: int, workers: int, d
             examples += 2 * batch["image"].shape[0]
         epoch += 1
     loader_rate = examples / (time.perf_counter() - started)
-    dev = resolve_device(cfg.run.device)
+    dev = torch_device(cfg.run.device, "run.device")
     model = build_train_model(cfg.model).to(dev)
     runner = StepRunner(model, cfg, 2, dev, steps_per_epoch=steps)
     done = images = 0

@@ -18,6 +18,9 @@ OOD_TRAIN_ID = 254
 VOID_TRAIN_ID = 255
 """Train id of pixels that no Cityscapes evaluation class covers."""
 
+Box = tuple[int, int, int, int]
+"""x0, y0, x1, y1 in label pixels, exclusive ends: where a pasted object is, and a prompt for SAM."""
+
 
 class SampleSkipped(Exception):
     """A sample that cannot be produced; the run records `reason` and goes on.
@@ -63,7 +66,7 @@ class PastedObject:
     ade_class: str  # the ADE20K-150 class whose colour paints it (e.g. "animal")
     object_id: str  # id of the mask in the object bank
     bank_source_id: str  # where the bank took the mask from (image / annotation id)
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1, exclusive ends, after clipping
+    box: Box  # after clipping
     scale: float  # resize factor applied to the bank mask
     area: int  # pixels of the object actually written into the label
 

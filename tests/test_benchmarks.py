@@ -215,7 +215,7 @@ def test_full_size_filters_and_pipeline_build_with_the_published_sizes():
         return sum(p.numel() for p in module.parameters()) / 1e6
 
     assert millions(models.masker.model) == pytest.approx(641.1, abs=0.1)
-    assert millions(models.segmenter.model) == pytest.approx(84.6, abs=0.1)
+    assert millions(models.segmenter.segmenter.model) == pytest.approx(84.6, abs=0.1)
     assert millions(models.clip.model) == pytest.approx(149.6, abs=0.1)
     assert models.masker.processor.image_processor.size["longest_edge"] == 1024
     assert next(models.masker.model.parameters()).dtype == torch.bfloat16

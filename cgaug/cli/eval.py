@@ -62,7 +62,7 @@ def eval_command(
     """Evaluate a segmenter: AUROC / AP / FPR@95 on anomaly benchmarks, mIoU / mAcc on domain-shift ones."""
     from pydantic import ValidationError
 
-    from cgaug.models.segmenter import CheckpointError
+    from cgaug.models.segmenters import CheckpointError
     from cgaug.storage.evalsets import EvalDataError, parse_dataset_spec
 
     try:

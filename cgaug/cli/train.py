@@ -40,7 +40,7 @@ def train_command(
 ) -> None:
     """Train a segmenter that generalises to covariate shift and flags semantic shift (method.md, Part 2)."""
     from cgaug.config import ConfigError, load_train_config
-    from cgaug.models.segmenter import CheckpointError
+    from cgaug.models.segmenters import CheckpointError
     from cgaug.tasks.training.dataset import TrainDataError
     from cgaug.tasks.training.loop import RunDirError
 

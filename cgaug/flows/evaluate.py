@@ -36,10 +36,10 @@ def artifact_key(name: str) -> str:
 
 @cache
 def _segmenter(checkpoint: str, device: str):
-    from cgaug.models.segmenter import load_segmenter
-    from cgaug.tasks.evaluation.evaluate import resolve_device
+    from cgaug.models.device import torch_device
+    from cgaug.models.segmenters import load_segmenter
 
-    return load_segmenter(checkpoint, device=str(resolve_device(device)))
+    return load_segmenter(checkpoint, device=torch_device(device))
 
 
 def evaluate_one(checkpoint: str, kind: str, root: str, name: str, out: str, options: EvalOptions) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def evaluate_flow(checkpoint: str, datasets: list[str], out: str, options: EvalO
     """Evaluate `checkpoint` on every `KIND=DIR` dataset and write the report to `out`.
 
     Args:
-        checkpoint: "tiny", a save_pretrained directory or a .pt/.pth file (`cgaug.models.segmenter`).
+        checkpoint: "tiny", a save_pretrained directory or a .pt/.pth file (`cgaug.models.segmenters`).
         datasets: `KIND=DIR` strings, KIND one of `cgaug.storage.evalsets.DATASET_KINDS`.
         out: report root (local path or fsspec URI).
         options: FPR rule, limit, batching, device, sliding window, dataset options.

@@ -1,7 +1,8 @@
-"""Device and dtype choice shared by every model stage (generator, filters).
+"""The one device and dtype policy of every model stage (generator, filters, evaluation, training).
 
 `auto` means CUDA when present, and bf16 there (as fast as fp16 on current GPUs,
 without fp16's VAE overflow), fp32 on the CPU, where bf16 convolutions crawl.
+Config values are checked here, so an error names the config key (`field`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ if TYPE_CHECKING:
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
-def pick_device(name: str, field: str) -> str:
-    """`auto` or a torch device string, checked; `field` names the config key in errors."""
+def resolve_device(name: str, field: str = "device") -> str:
+    """`auto` or a torch device string, checked; `field` names the config key in errors.
+
+    An explicit CUDA device is accepted on a machine without CUDA (a config may be read where it
+    is not run, e.g. to record generator settings); `torch_device` refuses it.
+    """
     import torch
 
     if name == "auto":
@@ -27,7 +32,21 @@ def pick_device(name: str, field: str) -> str:
     return name
 
 
-def pick_dtype_name(name: str, device: str) -> str:
+def torch_device(name: str, field: str = "device") -> torch.device:
+    """The device to put tensors on now: `resolve_device`, and CUDA must be there if named.
+
+    Raises:
+        ValueError: not a device, or CUDA requested on a machine without it.
+    """
+    import torch
+
+    device = torch.device(resolve_device(name, field))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{field} {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def dtype_name(name: str, device: str) -> str:
     """The dtype name for `name` (`auto` or one of DTYPE_NAMES) on `device`."""
     if name != "auto":
         return name

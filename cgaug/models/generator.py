@@ -21,52 +21,36 @@ it moves weights every step and makes batches crawl.
 from __future__ import annotations
 
 import importlib.util
-import os
-import re
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgaug.config import GeneratorConfig
-from cgaug.models.device import pick_device, pick_dtype_name, torch_dtype
+from cgaug.models.device import dtype_name, resolve_device, torch_dtype
+from cgaug.models.hub import TINY, cached, from_pretrained
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionControlNetPipeline
 
-TINY_MODEL = "tiny"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"; anything else is a path
+TINY_MODEL = TINY
 
 DEFAULT_PHOTO_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny",
                              "lineart": "lllyasviel/control_v11p_sd15_lineart"}
-
-_lock = threading.Lock()
-_loaded: dict[tuple, Any] = {}  # see _cache_key -> base pipeline
-_scheduled: dict[tuple, Any] = {}  # the same key + scheduler name -> pipeline sharing the base's modules
-
-
-class ModelNotFound(LookupError):
-    """A generator model (pipeline or ControlNet) that is neither a local directory nor in the HF cache."""
 
 
 # ---------------------------------------------------------------- device and dtype
 
 
-def resolve_device(cfg: GeneratorConfig) -> str:
-    """`auto` picks CUDA when present; anything else must be a torch device string."""
-    return pick_device(cfg.device, "generator.device")
+def generator_device(cfg: GeneratorConfig) -> str:
+    """`generator.device` resolved by the one device policy (`cgaug.models.device`)."""
+    return resolve_device(cfg.device, "generator.device")
 
 
 def resolve_dtype_name(cfg: GeneratorConfig) -> str:
-    """`auto` is bf16 on CUDA, fp32 elsewhere (see `cgaug.models.device`)."""
-    return pick_dtype_name(cfg.dtype, resolve_device(cfg))
-
-
-def resolve_dtype(cfg: GeneratorConfig) -> torch.dtype:
-    return torch_dtype(resolve_dtype_name(cfg))
+    """`generator.dtype` resolved by the one dtype policy: `auto` is bf16 on CUDA, fp32 elsewhere."""
+    return dtype_name(cfg.dtype, generator_device(cfg))
 
 
 # ---------------------------------------------------------------- loading
@@ -87,27 +71,14 @@ def load_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetPipeline:
     """
     model = _model_ref(cfg)
     key = _cache_key(cfg, model)
-    with _lock:
-        if key not in _loaded:
-            from cgaug.models.tiny import quiet_progress_bars
-
-            with quiet_progress_bars():
-                _loaded[key] = _load_base(cfg, model)
-        if (*key, cfg.scheduler) not in _scheduled:
-            _scheduled[(*key, cfg.scheduler)] = with_scheduler(_loaded[key], cfg.scheduler)
-        return _scheduled[(*key, cfg.scheduler)]
-
-
-def clear_pipeline_cache() -> None:
-    """Forget every loaded pipeline (tests; freeing GPU memory between runs)."""
-    with _lock:
-        _loaded.clear()
-        _scheduled.clear()
+    base = cached(key, lambda: _load_base(cfg, model))
+    return cached((*key, cfg.scheduler), lambda: with_scheduler(base, cfg.scheduler))
 
 
 def _cache_key(cfg: GeneratorConfig, model: str) -> tuple:
-    return (model, cfg.controlnet, cfg.revision, cfg.controlnet_revision, cfg.variant, _photo_ref(cfg),
-            cfg.photo_controlnet_revision, resolve_dtype_name(cfg), resolve_device(cfg), cfg.channels_last,
+    """`cgaug.models.hub.cached` key of the base pipeline: everything that changes its weights or speed."""
+    return ("pipeline", model, cfg.controlnet, cfg.revision, cfg.controlnet_revision, cfg.variant, _photo_ref(cfg),
+            cfg.photo_controlnet_revision, resolve_dtype_name(cfg), generator_device(cfg), cfg.channels_last,
             cfg.compile, cfg.compile_mode)
 
 
@@ -141,22 +112,23 @@ def _load_base(cfg: GeneratorConfig, model: str) -> StableDiffusionControlNetPip
     from diffusers import StableDiffusionControlNetPipeline
 
     common = {"local_files_only": cfg.local_files_only, "low_cpu_mem_usage": _has_accelerate(),
-              _dtype_keyword(): resolve_dtype(cfg)}
-    is_local = _locate(model, "generator.model", "model_index.json", "pipeline")
+              _dtype_keyword(): torch_dtype(resolve_dtype_name(cfg))}
     extra: dict[str, Any] = {}
     if cfg.controlnet is not None:
         extra["controlnet"] = _load_controlnet(cfg.controlnet, "generator.controlnet",
                                                cfg.controlnet_revision, common)
-    pipe = _from_pretrained(
-        StableDiffusionControlNetPipeline, model, "generator.model", is_local,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False, variant=cfg.variant,
-        revision=None if is_local else cfg.revision, **extra, **common,
+    pipe = from_pretrained(
+        lambda ref, is_local: StableDiffusionControlNetPipeline.from_pretrained(
+            ref, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            variant=cfg.variant, revision=None if is_local else cfg.revision, **extra, **common),
+        model, "generator.model", marker="model_index.json", what="diffusers pipeline",
+        variant=cfg.variant,
     )
     photo = _photo_ref(cfg)
     if photo is not None:
         pipe = with_controlnets(pipe, [pipe.controlnet, _load_controlnet(
             photo, "generator.photo_controlnet", cfg.photo_controlnet_revision, common)])
-    return optimize_pipeline(pipe.to(resolve_device(cfg)), cfg)
+    return optimize_pipeline(pipe.to(generator_device(cfg)), cfg)
 
 
 def with_controlnets(pipe: StableDiffusionControlNetPipeline, controlnets: list[Any]
@@ -197,53 +169,10 @@ def optimize_pipeline(pipe: StableDiffusionControlNetPipeline, cfg: GeneratorCon
 def _load_controlnet(name: str, field: str, revision: str | None, common: dict[str, Any]) -> Any:
     from diffusers import ControlNetModel
 
-    is_local = _locate(name, field, "config.json", "ControlNet")
-    return _from_pretrained(ControlNetModel, name, field, is_local, revision=None if is_local else revision,
-                            **common)
-
-
-def _locate(name: str, field: str, marker: str, what: str) -> bool:
-    """True for a local directory, False for a hub id; ModelNotFound for a path that does not exist."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / marker).is_file():
-            raise ModelNotFound(_not_found_message(
-                name, field, f"{path} exists but holds no {marker}, so it is not a saved diffusers {what}"))
-        return True
-    if not _HUB_ID.match(name) or name.startswith((".", "~")):
-        raise ModelNotFound(_not_found_message(name, field, f"no such directory: {path}"))
-    return False
-
-
-def _from_pretrained(cls: Any, name: str, field: str, is_local: bool, **kwargs: Any) -> Any:
-    path = str(Path(name).expanduser()) if is_local else name
-    variant = kwargs.get("variant")
-    try:
-        return cls.from_pretrained(path, **kwargs)
-    except ValueError as exc:  # diffusers: "You are trying to load the model files of the `variant=...`"
-        if variant is None or "variant" not in str(exc):
-            raise
-        reason = f"it has no weight files of variant {variant!r} ({' '.join(str(exc).split())})"
-        raise ModelNotFound(_not_found_message(name, field, reason, variant)) from exc
-    except OSError as exc:  # hub misses: LocalEntryNotFoundError, "does not appear to have a file named ..."
-        if is_local:
-            raise
-        reason = f"not in the Hugging Face cache and not downloadable ({' '.join(str(exc).split())})"
-        raise ModelNotFound(_not_found_message(name, field, reason, variant)) from exc
-
-
-def _not_found_message(name: str, field: str, reason: str, variant: str | None = None) -> str:
-    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    offline = " HF_HUB_OFFLINE is set, so nothing is downloaded." if os.environ.get("HF_HUB_OFFLINE") else ""
-    variant_hint = (f" (with generator.variant {variant!r}: its *.{variant}.* weight files, or unset "
-                    f"generator.variant to use the default ones)") if variant else ""
-    return (
-        f"{field} {name!r} was not found: {reason}.{offline} To provide it, either download "
-        f"{name!r}{variant_hint} into the Hugging Face cache (HF_HOME, here {hf_home}) on a machine with "
-        f"network access (e.g. `hf download {name}`) and copy the cache over, or set the config key "
-        f"`{field}` to a local directory saved with diffusers' save_pretrained. "
-        f"(`generator.model: tiny` needs no download.)"
-    )
+    return from_pretrained(
+        lambda ref, is_local: ControlNetModel.from_pretrained(ref, revision=None if is_local else revision,
+                                                              **common),
+        name, field, what="diffusers ControlNet")
 
 
 def _dtype_keyword() -> str:

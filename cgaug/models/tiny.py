@@ -17,10 +17,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cgaug.models.hub import quiet_progress_bars
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionControlNetPipeline
@@ -81,7 +81,7 @@ def build_tiny_pipeline(dest: str | Path, seed: int = 0) -> Path:
     Raises:
         FileExistsError: `dest` exists, is not empty and is not a saved pipeline.
     """
-    return _build_atomically(dest, MODEL_INDEX, lambda tmp: _save(tiny_pipeline(seed), tmp, seed))
+    return build_atomically(dest, MODEL_INDEX, lambda tmp: _save(tiny_pipeline(seed), tmp, seed))
 
 
 def build_tiny_photo_controlnet(dest: str | Path, seed: int = 0) -> Path:
@@ -93,10 +93,14 @@ def build_tiny_photo_controlnet(dest: str | Path, seed: int = 0) -> Path:
     Raises:
         FileExistsError: `dest` exists, is not empty and is not a saved ControlNet.
     """
-    return _build_atomically(dest, MODEL_CONFIG, lambda tmp: _save(tiny_photo_controlnet(seed), tmp, seed))
+    return build_atomically(dest, MODEL_CONFIG, lambda tmp: _save(tiny_photo_controlnet(seed), tmp, seed))
 
 
-def _build_atomically(dest: str | Path, marker: str, write: Any) -> Path:
+def build_atomically(dest: str | Path, marker: str, write: Any) -> Path:
+    """Run `write(tmp)` in a fresh directory next to `dest` and rename it to `dest` (see `build_tiny_pipeline`).
+
+    `marker` is the file whose presence means `dest` is complete: nothing is done then.
+    """
     dest = Path(dest).expanduser()
     if (dest / marker).is_file():
         return dest
@@ -116,28 +120,6 @@ def _save(model: Any, directory: Path, seed: int) -> None:
     with quiet_progress_bars():
         model.save_pretrained(directory, safe_serialization=True)
     (directory / RECIPE_FILE).write_text(json.dumps({"recipe_version": TINY_RECIPE_VERSION, "seed": seed}))
-
-
-@contextmanager
-def quiet_progress_bars() -> Iterator[None]:
-    """No tqdm bars from diffusers/transformers/huggingface_hub while loading or saving small models.
-
-    Their bars go to stderr and clutter CLI output and flow logs; the libraries only offer
-    process-wide switches, so the previous state is restored afterwards.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            diffusers_logging.enable_progress_bar()
-        if was[1]:
-            transformers_logging.enable_progress_bar()
 
 
 def _check_replaceable(dest: Path, marker: str) -> None:
@@ -163,14 +145,12 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
     Each component gets its own seed so that changing one component leaves the others'
     weights unchanged, and the global torch RNG is left untouched.
     """
-    import torch
     from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
-    with torch.random.fork_rng(devices=[]):
-        unet = _seeded(seed, 0, _tiny_unet)
-        controlnet = _seeded(seed, 1, lambda: _tiny_controlnet(unet))
-        vae = _seeded(seed, 2, _tiny_vae)
-        text_encoder = _seeded(seed, 3, _tiny_text_encoder)
+    unet = _seeded(seed, 0, _tiny_unet)
+    controlnet = _seeded(seed, 1, lambda: _tiny_controlnet(unet))
+    vae = _seeded(seed, 2, _tiny_vae)
+    text_encoder = _seeded(seed, 3, _tiny_text_encoder)
     scheduler = UniPCMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     for module in (unet, controlnet, vae, text_encoder):
         module.eval()  # hand-built modules start in train mode; from_pretrained returns eval mode
@@ -183,19 +163,25 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
 
 def tiny_photo_controlnet(seed: int = 0) -> Any:
     """The tiny photo ControlNet in memory, in eval mode: the tiny UNet's ControlNet with its own seed."""
+    unet = _seeded(seed, 0, _tiny_unet)
+    return _seeded(seed, 4, lambda: _tiny_controlnet(unet)).eval()
+
+
+def seeded(seed: int, build: Any) -> Any:
+    """`build()` with torch's CPU RNG seeded by `seed`, leaving the global RNG as it was.
+
+    Every tiny model is built this way, so the same seed gives the same weights.
+    """
     import torch
 
     with torch.random.fork_rng(devices=[]):
-        unet = _seeded(seed, 0, _tiny_unet)
-        controlnet = _seeded(seed, 4, lambda: _tiny_controlnet(unet))
-    return controlnet.eval()
+        torch.manual_seed(seed)
+        return build()
 
 
 def _seeded(seed: int, component: int, build: Any) -> Any:
-    import torch
-
-    torch.manual_seed(seed * 1000 + component)
-    return build()
+    """Each component of a tiny model has its own seed, so changing one leaves the others' weights alone."""
+    return seeded(seed * 1000 + component, build)
 
 
 def _tiny_unet() -> Any:
@@ -321,7 +307,7 @@ def _numel(shape: list[int]) -> int:
 
 
 __all__ = [
-    "build_tiny_photo_controlnet", "build_tiny_pipeline", "clip_tokenizer", "count_parameters",
-    "ensure_tiny_model", "ensure_tiny_photo_controlnet", "is_model_dir", "is_pipeline_dir", "tiny_model_dir",
-    "tiny_photo_controlnet", "tiny_photo_controlnet_dir", "tiny_pipeline",
+    "build_atomically", "build_tiny_photo_controlnet", "build_tiny_pipeline", "clip_tokenizer", "count_parameters",
+    "ensure_tiny_model", "ensure_tiny_photo_controlnet", "is_model_dir", "is_pipeline_dir", "seeded",
+    "tiny_model_dir", "tiny_photo_controlnet", "tiny_photo_controlnet_dir", "tiny_pipeline",
 ]

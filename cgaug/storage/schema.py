@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: `scores` is a list of {name, score} structs (1: a map, which Hugging Face `datasets` cannot load)."""
+LEGACY_VERSIONS = (1,)
+"""Versions readers still accept: their tables are upgraded on read (`upgrade_table`), never rewritten."""
 
 VERDICT_UNFILTERED = "unfiltered"  # generated, no quality filter has run yet
 VERDICT_SKIPPED = "skipped"  # bad input or no valid composition; reasons say why, no blobs
@@ -28,6 +31,11 @@ OBJECT_TYPE = pa.struct([
     ("y1", pa.int32()),
     ("scale", pa.float32()),
     ("area", pa.int64()),
+])
+
+SCORE_TYPE = pa.struct([
+    ("name", pa.string()),  # the gate's score key, e.g. "sam_iou"
+    ("score", pa.float64()),
 ])
 
 GATE_TYPE = pa.struct([
@@ -57,7 +65,7 @@ SHARD_SCHEMA = pa.schema([
     ("verdict", pa.string()),
     ("reasons", pa.list_(pa.string())),
     ("detail", pa.string()),
-    ("scores", pa.map_(pa.string(), pa.float64())),  # the stored attempt's gate scores, by gate name
+    ("scores", pa.list_(SCORE_TYPE)),  # the stored attempt's gate scores (rows may give a {name: score} dict)
     ("gates", pa.list_(GATE_TYPE)),  # every gate of every attempt: the audit trail of the filter
     # prompt, each attribute in its own column
     ("prompt", pa.string()),
@@ -106,6 +114,44 @@ INDEX_SCHEMA = pa.schema(
     [f for f in SHARD_SCHEMA if f.name not in BLOB_COLUMNS] + [pa.field("shard_file", pa.string())],
     metadata={"cgaug.schema_version": str(SCHEMA_VERSION)},
 )
+
+
+_LEGACY_SCORES = pa.map_(pa.string(), pa.float64())
+
+
+def legacy_schema(schema: pa.Schema, version: int) -> pa.Schema:
+    """`schema` as schema version `version` wrote it (for reading outputs of earlier releases)."""
+    if version not in LEGACY_VERSIONS:
+        raise ValueError(f"unknown legacy schema version {version}; known: {LEGACY_VERSIONS}")
+    index = schema.get_field_index("scores")
+    return schema.set(index, pa.field("scores", _LEGACY_SCORES)).with_metadata(
+        {"cgaug.schema_version": str(version)})
+
+
+def scores_column(scores: dict[str, float] | None) -> list[dict[str, float]] | None:
+    """The stored form of a {gate: score} dict: name/score structs in the dict's order."""
+    if scores is None or isinstance(scores, list):
+        return scores
+    return [{"name": name, "score": score} for name, score in scores.items()]
+
+
+def scores_as_dict(value: object) -> dict[str, float]:
+    """{gate: score} from a `scores` cell of any schema version (structs, map pairs, a dict, or null)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    return {(item["name"] if isinstance(item, dict) else item[0]): (item["score"] if isinstance(item, dict)
+                                                                     else item[1]) for item in value}
+
+
+def upgrade_table(table: pa.Table) -> pa.Table:
+    """A table read from a version-1 shard or index with its `scores` column in today's form."""
+    if "scores" not in table.column_names or not pa.types.is_map(table.schema.field("scores").type):
+        return table
+    column = pa.array([scores_column(scores_as_dict(v)) for v in table.column("scores").to_pylist()],
+                      pa.list_(SCORE_TYPE))
+    return table.set_column(table.column_names.index("scores"), "scores", column)
 
 
 def empty_row() -> dict:

@@ -44,9 +44,13 @@ from cgaug.storage.schema import (
     BLOB_COLUMNS,
     COMPLETE_VERDICTS,
     INDEX_SCHEMA,
+    LEGACY_VERSIONS,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
     VERDICT_SKIPPED,
+    legacy_schema,
+    scores_column,
+    upgrade_table,
 )
 from cgaug.storage.stats import STATS_COLUMNS, stats_of_table
 
@@ -217,6 +221,7 @@ def _check_rows(rows: list[dict[str, Any]], shard_id: int, name: str) -> None:
 
 
 def _to_table(rows: list[dict[str, Any]], name: str) -> pa.Table:
+    rows = [row | {"scores": scores_column(row["scores"])} for row in rows]  # a {gate: score} dict is fine too
     try:
         return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as error:
@@ -272,7 +277,7 @@ def _read_shard_metadata(root: Root, name: str) -> pa.Table:
             problems = _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, root.uri(name))
             if problems:
                 raise ValueError("; ".join(problems))
-            return parquet.read(columns=list(META_COLUMNS))
+            return upgrade_table(parquet.read(columns=list(META_COLUMNS)))
     except _READ_ERRORS as error:
         raise ValueError(f"{root.uri(name)}: not a readable Parquet shard ({error})") from error
 
@@ -292,7 +297,7 @@ def verify(root: Root, *, decode_blobs: bool = True) -> list[str]:
     except (FileNotFoundError, ValueError) as error:
         return [str(error)]
     problems: list[str] = []
-    if manifest.schema_version != SCHEMA_VERSION:
+    if manifest.schema_version != SCHEMA_VERSION and manifest.schema_version not in LEGACY_VERSIONS:
         problems.append(f"{root.uri(MANIFEST_NAME)}: schema_version {manifest.schema_version}, "
                         f"expected {SCHEMA_VERSION}")
     listed = [info.name for info in manifest.shards]
@@ -419,23 +424,30 @@ def _index_vs_shards(uri: str, index: pa.Table, ids_by_shard: dict[str, list[str
 
 
 def _schema_problems(found: pa.Schema, expected: pa.Schema, uri: str) -> list[str]:
-    """Differences in column names, order and types, and in the schema version stamp."""
+    """Differences in column names, order and types, and in the schema version stamp.
+
+    A file stamped with a legacy version is compared with the schema that version wrote: it stays
+    valid (readers upgrade it with `upgrade_table`), so an output of an earlier release resumes.
+    """
     problems = []
+    version = (found.metadata or {}).get(b"cgaug.schema_version", b"<none>").decode()
+    legacy = version in {str(v) for v in LEGACY_VERSIONS}
+    if legacy:
+        expected = legacy_schema(expected, int(version))
+    elif version != str(SCHEMA_VERSION):
+        problems.append(f"{uri}: schema version {version}, expected {SCHEMA_VERSION}")
     found_fields = [(f.name, f.type) for f in found]
     expected_fields = [(f.name, f.type) for f in expected]
     if [n for n, _ in found_fields] != [n for n, _ in expected_fields]:
         missing = [n for n, _ in expected_fields if n not in found.names]
         unknown = [n for n, _ in found_fields if n not in expected.names]
-        problems.append(f"{uri}: columns differ from the schema (missing {missing}, unknown {unknown}"
-                        f"{', or in another order' if not (missing or unknown) else ''})")
+        problems.insert(0, f"{uri}: columns differ from the schema (missing {missing}, unknown {unknown}"
+                           f"{', or in another order' if not (missing or unknown) else ''})")
     else:
         pairs = zip(found_fields, expected_fields, strict=True)
-        problems += [f"{uri}: column {name!r} is {found_type}, expected {expected_type}"
-                     for (name, found_type), (_, expected_type) in pairs
-                     if not found_type.equals(expected_type)]
-    version = (found.metadata or {}).get(b"cgaug.schema_version", b"<none>").decode()
-    if version != str(SCHEMA_VERSION):
-        problems.append(f"{uri}: schema version {version}, expected {SCHEMA_VERSION}")
+        problems[:0] = [f"{uri}: column {name!r} is {found_type}, expected {expected_type}"
+                        for (name, found_type), (_, expected_type) in pairs
+                        if not found_type.equals(expected_type)]
     return problems
 
 

@@ -46,7 +46,7 @@ def test_generate_then_train_tiny_and_resume(dataset, tmp_path, prefect_server, 
     assert again.exit_code == 0, again.output
     import torch
 
-    from cgaug.models.segmenter import load_segmenter  # what `cgaug eval --checkpoint RUN/model.pt` loads
+    from cgaug.models.segmenters import load_segmenter  # what `cgaug eval --checkpoint RUN/model.pt` loads
 
     logits, score = load_segmenter(run / "model.pt").predict(torch.rand(1, 3, 64, 128))
     assert logits.shape == (1, 19, 64, 128) and score.shape == (1, 64, 128)

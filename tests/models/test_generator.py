@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 
 from cgaug.config import CGAugConfig, GeneratorConfig  # noqa: E402
 from cgaug.models import generator as gen  # noqa: E402
+from cgaug.models.hub import ModelNotFound, clear_cache  # noqa: E402
 from cgaug.models.tiny import build_tiny_pipeline  # noqa: E402
 from cgaug.tasks.generation.generate import GenerationReport, generate, generate_float  # noqa: E402
 from tests.generator_helpers import make_maps, make_texts  # noqa: E402
@@ -24,7 +25,7 @@ from tests.generator_helpers import make_maps, make_texts  # noqa: E402
 def _fresh_pipeline_cache():
     """Pipelines cached by this module's tests must not leak into other modules."""
     yield
-    gen.clear_pipeline_cache()
+    clear_cache()
 
 
 @pytest.fixture(scope="session")
@@ -49,17 +50,17 @@ def pipe(cfg):
 
 
 def test_cpu_resolves_to_fp32_and_explicit_dtype_wins():
-    assert gen.resolve_device(GeneratorConfig(device="cpu")) == "cpu"
-    assert gen.resolve_dtype(GeneratorConfig(device="cpu")) == torch.float32
-    assert gen.resolve_dtype(GeneratorConfig(device="cpu", dtype="bf16")) == torch.bfloat16
+    assert gen.generator_device(GeneratorConfig(device="cpu")) == "cpu"
+    assert gen.resolve_dtype_name(GeneratorConfig(device="cpu")) == "fp32"
+    assert gen.resolve_dtype_name(GeneratorConfig(device="cpu", dtype="bf16")) == "bf16"
     if not torch.cuda.is_available():
-        assert gen.resolve_device(GeneratorConfig()) == "cpu"
+        assert gen.generator_device(GeneratorConfig()) == "cpu"
         assert gen.resolve_dtype_name(GeneratorConfig()) == "fp32"
 
 
 def test_invalid_device_names_the_field():
     with pytest.raises(ValueError, match=r"generator\.device"):
-        gen.resolve_device(GeneratorConfig(device="warp-drive"))
+        gen.generator_device(GeneratorConfig(device="warp-drive"))
 
 
 # ---------------------------------------------------------------- loading
@@ -105,7 +106,7 @@ def test_separate_controlnet_directory_gives_the_same_images(cfg, pipe, tiny_dir
 def test_missing_local_model_dir_raises_model_not_found(tmp_path):
     missing = tmp_path / "no" / "such-model"
 
-    with pytest.raises(gen.ModelNotFound) as info:
+    with pytest.raises(ModelNotFound) as info:
         gen.load_pipeline(GeneratorConfig(model=str(missing), controlnet=None, device="cpu"))
 
     message = str(info.value)
@@ -113,7 +114,7 @@ def test_missing_local_model_dir_raises_model_not_found(tmp_path):
 
 
 def test_directory_without_a_pipeline_raises_model_not_found(tmp_path):
-    with pytest.raises(gen.ModelNotFound, match=r"model_index\.json"):
+    with pytest.raises(ModelNotFound, match=r"model_index\.json"):
         gen.load_pipeline(GeneratorConfig(model=str(tmp_path), controlnet=None, device="cpu"))
 
 
@@ -132,7 +133,7 @@ def empty_offline_hub(monkeypatch, tmp_path):
 def test_hub_model_missing_offline_raises_model_not_found(empty_offline_hub, tmp_path):
     cfg = GeneratorConfig(model="cgaug-tests/no-such-pipeline", controlnet=None, device="cpu")
 
-    with pytest.raises(gen.ModelNotFound) as info:
+    with pytest.raises(ModelNotFound) as info:
         gen.load_pipeline(cfg)
 
     message = str(info.value)
@@ -143,7 +144,7 @@ def test_hub_model_missing_offline_raises_model_not_found(empty_offline_hub, tmp
 def test_hub_controlnet_missing_offline_names_the_controlnet(empty_offline_hub, tiny_dir):
     cfg = GeneratorConfig(model=str(tiny_dir), controlnet="cgaug-tests/no-such-controlnet", device="cpu")
 
-    with pytest.raises(gen.ModelNotFound, match=r"generator\.controlnet 'cgaug-tests/no-such-controlnet'"):
+    with pytest.raises(ModelNotFound, match=r"generator\.controlnet 'cgaug-tests/no-such-controlnet'"):
         gen.load_pipeline(cfg)
 
 
@@ -159,7 +160,7 @@ def test_missing_weight_variant_names_the_variant(tiny_dir):
     cfg = GeneratorConfig(model=str(tiny_dir), controlnet=None, variant="fp16", device="cpu",
                           local_files_only=True)
 
-    with pytest.raises(gen.ModelNotFound) as info:
+    with pytest.raises(ModelNotFound) as info:
         gen.load_pipeline(cfg)
 
     message = str(info.value)

@@ -11,7 +11,14 @@ import pytest
 
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import encode_png
-from cgaug.storage.schema import BLOB_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION, SHARD_SCHEMA, empty_row
+from cgaug.storage.schema import (
+    BLOB_COLUMNS,
+    INDEX_SCHEMA,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA,
+    empty_row,
+    scores_as_dict,
+)
 from cgaug.storage.shards import shard_complete, shard_name, verify, write_index, write_shard
 
 # The contract readers depend on, written out by hand: ids, outcome, prompt, seed and blobs.
@@ -19,7 +26,8 @@ REQUIRED = {
     "sample_id": pa.string(), "source_id": pa.string(), "city": pa.string(), "split": pa.string(),
     "variant": pa.int32(), "attempt": pa.int32(), "attempts": pa.int32(), "seed": pa.int64(),
     "image_seed": pa.int64(), "shard": pa.int32(), "verdict": pa.string(), "reasons": pa.list_(pa.string()),
-    "scores": pa.map_(pa.string(), pa.float64()), "prompt": pa.string(), "negative_prompt": pa.string(),
+    "scores": pa.list_(pa.struct([("name", pa.string()), ("score", pa.float64())])),
+    "prompt": pa.string(), "negative_prompt": pa.string(),
     "weather": pa.string(), "time_of_day": pa.string(), "place": pa.string(), "height": pa.int32(),
     "width": pa.int32(), "config_fingerprint": pa.string(), "created_at": pa.timestamp("us", tz="UTC"),
     "image_png": pa.binary(), "label_png": pa.binary(), "cond_png": pa.binary(), "ood_mask_png": pa.binary(),
@@ -84,7 +92,7 @@ def test_a_full_row_round_trips_through_parquet_unchanged(tmp_path):
     assert parquet.schema_arrow.equals(SHARD_SCHEMA)  # list items read back named "element": same type
     assert parquet.schema_arrow.metadata == SHARD_SCHEMA.metadata
     [back] = parquet.read().to_pylist()
-    back["scores"] = dict(back["scores"])  # a map column reads back as (key, value) pairs
+    back["scores"] = scores_as_dict(back["scores"])  # stored as {name, score} structs, given as a dict
     assert back == row
 
 

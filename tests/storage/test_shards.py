@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cgaug.storage.fs import Root, open_root
 from cgaug.storage.png import encode_png
-from cgaug.storage.schema import SHARD_SCHEMA, empty_row
+from cgaug.storage.schema import SCHEMA_VERSION, SHARD_SCHEMA, empty_row, scores_column
 from cgaug.storage.shards import (
     INDEX_NAME,
     MANIFEST_NAME,
@@ -142,7 +142,7 @@ def test_round_trip_verifies_and_reads_back_every_array(root):
 def test_manifest_records_shards_with_hashes_counts_and_extra_keys(root):
     build_dataset(root)
     data = json.loads(root.read_bytes(MANIFEST_NAME))
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION
     assert data["total_rows"] == 6
     assert data["counts"] == {"accepted": 1, "rejected": 1, "skipped": 2, "unfiltered": 2}
     assert [s["name"] for s in data["shards"]] == ["shards/shard-00000.parquet", "shards/shard-00001.parquet"]
@@ -348,7 +348,8 @@ def test_shard_complete_requires_exactly_the_expected_ids(root):
 
 
 def test_shard_complete_rejects_another_schema(root):
-    table = pa.Table.from_pylist(dataset_rows()[0], schema=SHARD_SCHEMA)
+    rows = [r | {"scores": scores_column(r["scores"])} for r in dataset_rows()[0]]
+    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     root.write_parquet_atomic(shard_name(0), table.drop_columns(["noise_mask_png"]))
     assert not shard_complete(root, 0, ["s000", "s001", "s002"])
 

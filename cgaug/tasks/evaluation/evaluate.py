@@ -27,7 +27,7 @@ from cgaug.tasks.evaluation.metrics import AnomalyAccumulator, ConfusionMatrix, 
 if TYPE_CHECKING:
     import torch
 
-    from cgaug.models.segmenter import Segmenter
+    from cgaug.models.segmenters import Segmenter
     from cgaug.storage.evalsets import EvalDataset, EvalItem
 
 NUM_CLASSES = 19
@@ -68,17 +68,6 @@ class DatasetEvaluation:
         metrics = table_metrics(table, fpr_rule)
         metrics["threshold95"] = fpr_at_recall(table, fpr_rule)[1]
         return metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
-    return device
 
 
 def window_positions(size: int, window: int, stride: int) -> list[int]:

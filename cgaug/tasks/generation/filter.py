@@ -2,8 +2,7 @@
 
 Pure numpy, no Prefect and no torch: the models that produce masks, pixel
 predictions and CLIP similarities come in through three small protocols
-(`ObjectMasker`, `PixelModel`, `ClipModel`; implementations in
-`cgaug.models.filters`), so every decision made here can be tested with
+(`cgaug.models.filters.base`), so every decision made here can be tested with
 constructed inputs whose right answer is known.
 
 The gates themselves (what each scores, its threshold field, the model it
@@ -22,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgaug.config import FilterConfig
+from cgaug.models.filters.base import FilterModels
 from cgaug.tasks.generation.gates import (
     GATE_BY_NAME,
     GATES,
@@ -39,52 +39,6 @@ from cgaug.tasks.generation.gates import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1, exclusive ends, label pixels
-
-# --------------------------------------------------------------------------- model protocols
-
-
-class ObjectMasker(Protocol):
-    """Box-prompted object masks (SAM)."""
-
-    def masks(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]]) -> list[list[np.ndarray]]:
-        """For each image, one (H, W) bool mask per box, at the image's size."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PixelOutput:
-    train_ids: np.ndarray | None  # (H, W) uint8 predicted Cityscapes train ids (None: not a Cityscapes model)
-    anomaly: np.ndarray  # (H, W) float32, higher = more anomalous
-
-
-class PixelModel(Protocol):
-    """A segmenter: per-pixel class prediction and anomaly score."""
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[PixelOutput]: ...
-
-
-class ClipModel(Protocol):
-    """Image-text similarities (open_clip)."""
-
-    def image_text(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[float]:
-        """Cosine similarity of each whole image with its text."""
-        ...
-
-    def object_margins(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]],
-                       names: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Per object: cos(crop, its class prompt) - max cos(crop, a Cityscapes class prompt)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class FilterModels:
-    masker: ObjectMasker | None = None
-    segmenter: PixelModel | None = None  # Cityscapes classes: consistency, and anomaly unless `anomaly` is set
-    anomaly: PixelModel | None = None
-    clip: ClipModel | None = None
-
 
 # --------------------------------------------------------------------------- judging
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from cgaug.config import FilterConfig
+from cgaug.models.filters.base import FilterModels, PixelOutput
 from cgaug.records import PastedObject
 from cgaug.tasks.generation.geometry import (
     in_distribution,
@@ -33,12 +34,6 @@ from cgaug.tasks.generation.geometry import (
     segmentation_miou,
     worst,
 )
-
-# The filter models arrive as `cgaug.tasks.generation.filter.FilterModels` and their pixel outputs as its
-# `PixelOutput`; they are typed `Any` here because filter.py imports this module (gates must not import it
-# back). Once those protocols live in `cgaug.models.filters`, import them from there and type them here.
-FilterModels = Any
-PixelOutput = Any
 
 
 @dataclass(frozen=True, slots=True)

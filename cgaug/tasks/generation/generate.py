@@ -42,8 +42,14 @@ from PIL import Image
 
 from cgaug.config import GeneratorConfig
 from cgaug.models.control import photo_condition
-from cgaug.models.device import pick_device, pick_dtype_name
-from cgaug.models.generator import batch_runner, controlnet_count, load_pipeline, photo_controlnet_name
+from cgaug.models.generator import (
+    batch_runner,
+    controlnet_count,
+    generator_device,
+    load_pipeline,
+    photo_controlnet_name,
+    resolve_dtype_name,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionControlNetPipeline
@@ -181,14 +187,10 @@ def generate_float(
     if photos is not None:
         conditions.append(_photo_conditions(cfg, photos, photo_masks, gen_h, gen_w))
     run = batch_runner(pipe, cfg, conditions, prompts, negatives, seeds)
-    pad = (cfg.compile or _device(cfg).startswith("cuda")) if pad is None else pad
+    pad = (cfg.compile or generator_device(cfg).startswith("cuda")) if pad is None else pad
     chunks = run_batches(run, len(cond_maps), cfg.batch_size, pad=pad, report=report, limits=_limits_for(pipe),
                          size_key=(gen_h, gen_w))
     return np.concatenate(chunks)
-
-
-def _device(cfg: GeneratorConfig) -> str:
-    return pick_device(cfg.device, "generator.device")
 
 
 def _photo_conditions(cfg: GeneratorConfig, photos: list[np.ndarray], masks: list[np.ndarray | None] | None,
@@ -338,7 +340,7 @@ def generator_settings(cfg: GeneratorConfig, gen_size: tuple[int, int]) -> dict[
         "guidance_scale": cfg.guidance_scale,
         "control_scale": cfg.control_scale,
         "eta": cfg.eta,
-        "dtype": pick_dtype_name(cfg.dtype, _device(cfg)),
+        "dtype": resolve_dtype_name(cfg),
         "gen_height": gen_size[0],
         "gen_width": gen_size[1],
         "generator_variant": cfg.variant,

@@ -35,6 +35,7 @@ from cgaug.storage.bank import ObjectBank
 from cgaug.storage.evalsets.base import EvalDataset, EvalItem, EvalSample, read_rgb
 from cgaug.storage.fs import Root, open_root
 from cgaug.storage.png import decode_png
+from cgaug.storage.schema import scores_as_dict
 from cgaug.storage.shards import INDEX_NAME, read_manifest, read_sample
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def select_augmented(root: Root, split: str, verdicts: list[str],
 def _scores_pass(scores: Any, floors: dict[str, float] | None) -> bool:
     if not floors:
         return True
-    values = dict(scores or [])
+    values = scores_as_dict(scores)
     return all(name in values and values[name] is not None and values[name] >= floor for name, floor in floors.items())
 
 

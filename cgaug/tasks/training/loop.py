@@ -39,7 +39,7 @@ from cgaug.storage.fs import Root, open_root
 if TYPE_CHECKING:
     import torch
 
-    from cgaug.models.uncertainty import UncertaintyModel
+    from cgaug.models.segmenters.uncertainty import UncertaintyModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,6 @@ def stage_config(cfg: TrainConfig, stage: int) -> TrainStageConfig:
     return cfg.stage1 if stage == 1 else cfg.stage2
 
 
-def resolve_device(name: str) -> torch.device:
-    from cgaug.tasks.evaluation.evaluate import resolve_device as resolve
-
-    return resolve(name)
-
-
 class StepRunner:
     """One stage's optimizer, scheduler and loss scaler, and the training step itself."""
 
@@ -78,7 +72,7 @@ class StepRunner:
                  steps_per_epoch: int):
         import torch
 
-        from cgaug.models.uncertainty import set_trainable
+        from cgaug.models.segmenters.uncertainty import set_trainable
 
         self.model, self.cfg, self.stage, self.device = model, cfg, stage, device
         stage_cfg = stage_config(cfg, stage)
@@ -100,7 +94,7 @@ class StepRunner:
 
     def restore_modes(self) -> None:
         """Back to this stage's train/eval modes after validation put the whole model in eval mode."""
-        from cgaug.models.uncertainty import set_trainable
+        from cgaug.models.segmenters.uncertainty import set_trainable
 
         set_trainable(self.model, self.trainable)
 
@@ -211,7 +205,7 @@ def _epoch_record(epoch: int, stage: int, sums: dict[str, float], steps: int, im
 
 def validate(model: UncertaintyModel, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """AUROC / AP / FPR@95 and mIoU on every validation set, keyed ``val/NAME/METRIC``; `val/ap` is their mean AP."""
-    from cgaug.models.uncertainty import trained_segmenter
+    from cgaug.models.segmenters.uncertainty import trained_segmenter
     from cgaug.tasks.evaluation.evaluate import evaluate_dataset
     from cgaug.tasks.training.dataset import open_validation
 
@@ -256,7 +250,8 @@ def train(out: str, *, cfg: TrainConfig | None = None, source: str | None = None
         TrainDataError, FileNotFoundError, CheckpointError: missing or inconsistent inputs.
     """
 
-    from cgaug.models.uncertainty import build_train_model
+    from cgaug.models.device import torch_device
+    from cgaug.models.segmenters.training import build_train_model
     from cgaug.tasks.training.dataset import PairDataset, make_loader
 
     # 1. The run directory: a new one records its inputs first; a resumed one supplies them.
@@ -267,7 +262,7 @@ def train(out: str, *, cfg: TrainConfig | None = None, source: str | None = None
             raise ValueError("a new run needs cfg, source and shards (or resume=True)")
         inputs = {"source": source, "shards": shards, "bank": bank}
     # 2. Inputs are checked before anything is written, so a bad input leaves no run behind.
-    device = resolve_device(cfg.run.device)
+    device = torch_device(cfg.run.device, "run.device")
     dataset = PairDataset(inputs["source"], inputs["shards"], cfg.data, cfg.run.seed, inputs.get("bank"))
     workers = cfg.data.num_workers
     steps_per_epoch = dataset.batches_per_epoch(cfg.data.batch_size, workers)

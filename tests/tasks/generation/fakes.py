@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cgaug.tasks.generation.filter import PixelOutput
+from cgaug.models.filters.base import PixelOutput
 
 
 def square(h: int, w: int, y: int, x: int, side: int) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from cgaug.config import CGAugConfig, FilterConfig
+from cgaug.models.filters.base import FilterModels
 from cgaug.records import OOD_TRAIN_ID, PastedObject
-from cgaug.tasks.generation.filter import FilterModels, judge, make_judge
+from cgaug.tasks.generation.filter import judge, make_judge
 from cgaug.tasks.generation.gates import GATES, FilterInput, passes
 from cgaug.tasks.generation.retry import ACCEPT, RECOMPOSE, REJECT, RETRY, next_action
 from tests.tasks.generation.fakes import FixedClip, FixedSegmenter, ShiftMasker, square

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from cgaug.config import CGAugConfig, GeneratorConfig  # noqa: E402
-from cgaug.models.generator import clear_pipeline_cache, load_pipeline, photo_controlnet_name  # noqa: E402
+from cgaug.models.generator import load_pipeline, photo_controlnet_name  # noqa: E402
+from cgaug.models.hub import clear_cache  # noqa: E402
 from cgaug.models.tiny import build_tiny_photo_controlnet, build_tiny_pipeline  # noqa: E402
 from cgaug.storage.schema import SHARD_SCHEMA  # noqa: E402
 from cgaug.tasks.generation.generate import (  # noqa: E402
@@ -36,7 +37,7 @@ from tests.generator_helpers import PALETTE, make_maps, make_photos, make_texts,
 def _fresh_pipeline_cache():
     """Pipelines cached by this module's tests must not leak into other modules."""
     yield
-    clear_pipeline_cache()
+    clear_cache()
 
 
 @pytest.fixture(scope="module")

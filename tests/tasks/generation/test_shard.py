@@ -11,13 +11,14 @@ import pyarrow as pa
 import pytest
 
 from cgaug.config import CGAugConfig
+from cgaug.models.filters.base import FilterModels
 from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID, SampleSkipped
 from cgaug.seeds import derive_seed
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.schema import SHARD_SCHEMA
 from cgaug.storage.shards import verify, write_index, write_shard
-from cgaug.tasks.generation.filter import FilterModels, filter_stats, judge, make_judge
+from cgaug.tasks.generation.filter import filter_stats, judge, make_judge
 from tests.tasks.generation.fakes import FixedSegmenter, ShiftMasker, shifted
 
 

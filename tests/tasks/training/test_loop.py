@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cgaug.config import load_train_config  # noqa: E402
-from cgaug.models.uncertainty import build_train_model  # noqa: E402
+from cgaug.models.segmenters.training import build_train_model  # noqa: E402
 from cgaug.tasks.training.dataset import PairDataset  # noqa: E402
 from cgaug.tasks.training.loop import RunDirError, StepRunner, loss_generator, train  # noqa: E402
 from tests.train_helpers import fake_shards  # noqa: E402

@@ -7,8 +7,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cgaug.config import TrainLossConfig, TrainModelConfig  # noqa: E402
-from cgaug.models.segmenter import TINY_CONFIG, CheckpointError, build_tiny_segmenter, energy_score, load_segmenter  # noqa: E402
-from cgaug.models.uncertainty import TRAIN_GROUPS, build_train_model, set_trainable, trainable_names  # noqa: E402
+from cgaug.models.segmenters import (  # noqa: E402
+    TINY_CONFIG,
+    CheckpointError,
+    build_tiny_segmenter,
+    energy_score,
+    load_segmenter,
+)
+from cgaug.models.segmenters.training import build_train_model  # noqa: E402
+from cgaug.models.segmenters.uncertainty import TRAIN_GROUPS, set_trainable, trainable_names  # noqa: E402
 from cgaug.tasks.training.losses import training_loss  # noqa: E402
 
 X = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
@@ -138,3 +145,22 @@ def test_a_training_export_loads_for_evaluation_with_u_as_the_score(deeplab, tmp
         expected_logits, expected_u = deeplab((images - mean) / std)
     assert torch.allclose(score, expected_u, atol=1e-5) and torch.allclose(logits, expected_logits, atol=1e-5)
     assert not torch.allclose(score, energy_score(logits))
+
+
+def test_mask2former_checkpoints_load_for_evaluation_and_as_training_init(m2f, tmp_path):
+    m2f.hf.save_pretrained(tmp_path / "m2f")
+    torch.save({"config": m2f.hf.config.to_dict(), "state_dict": m2f.hf.state_dict()}, tmp_path / "m2f.pt")
+    m2f.eval()
+    images = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(2))
+    reference = load_segmenter(tmp_path / "m2f").predict(images)
+    semantic, u = load_segmenter(tmp_path / "m2f.pt").predict(images)
+    torch.testing.assert_close(semantic, reference[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(u, 1.0 - semantic.max(dim=1).values, rtol=0, atol=1e-5)  # its own classifier's
+    with torch.no_grad():
+        m2f.class_embed2.weight.mul_(2.0)  # a trained head: the export keeps it as the training start
+    export = tmp_path / "export.pt"
+    torch.save({"config": m2f.export_config(), "state_dict": m2f.state_dict()}, export)
+    resumed = build_train_model(TrainModelConfig(kind="mask2former", checkpoint=str(export)))
+    assert torch.equal(resumed.class_embed2.weight, m2f.class_embed2.weight)
+    with pytest.raises(CheckpointError, match="expects a Mask2Former checkpoint"):
+        build_train_model(TrainModelConfig(kind="mask2former", checkpoint="tiny"))

@@ -27,24 +27,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from cgaug.models.segmenter import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TINY_CONFIG,
-    CheckpointError,
-    SmpSegmenter,
-    load_segmenter,
-    read_torch_payload,
-)
-
-if TYPE_CHECKING:
-    from cgaug.config import TrainModelConfig
+from cgaug.models.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, CheckpointError, load_state
+from cgaug.models.segmenters.smp import SmpSegmenter, create_smp
 
 TRAIN_GROUPS: dict[str, tuple[str, ...]] = {
     "deeplab": ("encoder", "aspp", "decoder", "classifier", "uncertainty"),
@@ -183,44 +172,7 @@ class Mask2FormerUncertainty(UncertaintyModel):
                 "uncertainty_bias": self.class_embed2.bias is not None}
 
 
-# --- building ---------------------------------------------------------------------------------------------
-
-
-def _tiny_seeded(build, seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def _smp_config(cfg: TrainModelConfig) -> dict[str, Any]:
-    if cfg.tiny:
-        return dict(TINY_CONFIG, classes=cfg.num_classes)
-    return {"arch": "DeepLabV3Plus", "encoder_name": cfg.encoder_name, "encoder_weights": None,
-            "classes": cfg.num_classes, "decoder_channels": cfg.decoder_channels}
-
-
-def _build_deeplab(cfg: TrainModelConfig, seed: int) -> DeepLabUncertainty:
-    from cgaug.models.segmenter import _create
-
-    if cfg.checkpoint is None:
-        config = _smp_config(cfg)
-        model = _tiny_seeded(lambda: _create(config, "random init"), seed)
-    else:
-        segmenter = load_segmenter(cfg.checkpoint)
-        _check_classes(cfg.checkpoint, segmenter.num_classes, cfg.num_classes)
-        if isinstance(segmenter.model, DeepLabUncertainty):  # a previous training export: keep its W
-            return segmenter.model.train()
-        if segmenter.model.__class__.__name__ != "DeepLabV3Plus" or not segmenter.config:
-            raise CheckpointError(f"{cfg.checkpoint}: holds a {type(segmenter.model).__name__}; model.kind "
-                                  "'deeplab' expects an smp DeepLabV3Plus checkpoint with its config")
-        model, config = segmenter.model, segmenter.config
-    return DeepLabUncertainty(model.train(), config, bias=cfg.uncertainty_bias)
-
-
-def _check_classes(origin: str, found: int, expected: int) -> None:
-    if found != expected:
-        raise CheckpointError(f"{origin}: the checkpoint predicts {found} classes, but model.num_classes is "
-                              f"{expected}; expected a closed-world checkpoint with {expected} classes")
+# --- rebuilding and serving ---------------------------------------------------------------------------------
 
 
 def tiny_mask2former_config(num_classes: int = 19):
@@ -230,75 +182,20 @@ def tiny_mask2former_config(num_classes: int = 19):
     return Mask2FormerConfig(backbone_config=SwinConfig(**TINY_M2F["backbone"]), num_labels=num_classes, **options)
 
 
-def _build_mask2former(cfg: TrainModelConfig, seed: int) -> Mask2FormerUncertainty:
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
-
-    if cfg.checkpoint is None:
-        if not cfg.tiny:
-            raise CheckpointError("model.checkpoint: a full-size Mask2Former needs a closed-world checkpoint "
-                                  "(a save_pretrained directory or a .pt with config + state_dict); "
-                                  "random init is offered for model.tiny only")
-        hf_config = tiny_mask2former_config(cfg.num_classes)
-        model = _tiny_seeded(lambda: Mask2FormerForUniversalSegmentation(hf_config), seed)
-    else:
-        path = Path(cfg.checkpoint).expanduser()
-        if path.is_dir():
-            try:
-                model = Mask2FormerForUniversalSegmentation.from_pretrained(str(path), local_files_only=True)
-            except (OSError, ValueError) as error:
-                raise CheckpointError(f"{path}: not a Mask2Former save_pretrained directory ({error})") from None
-        elif path.is_file():
-            payload = read_torch_payload(path)
-            if not isinstance(payload.get("config"), dict) or "state_dict" not in payload:
-                raise CheckpointError(f"{path}: expected {{'config': Mask2FormerConfig dict, 'state_dict': ...}}")
-            model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig.from_dict(payload["config"]))
-            _strict_load(model, payload["state_dict"], str(path))
-        else:
-            raise CheckpointError(f"{path}: no such file or directory (model.checkpoint)")
-        _check_classes(str(path), model.config.num_labels, cfg.num_classes)
-    return Mask2FormerUncertainty(model.train(), bias=cfg.uncertainty_bias)
-
-
-def _strict_load(model: nn.Module, state: dict[str, Any], origin: str) -> None:
-    from cgaug.models.segmenter import _load_state
-
-    _load_state(model, state, origin, {})
-
-
-TRAIN_MODELS = {"deeplab": _build_deeplab, "mask2former": _build_mask2former}
-"""The registry of trainable architectures: kind -> builder(TrainModelConfig, seed)."""
-
-
-def build_train_model(cfg: TrainModelConfig, seed: int = 0) -> UncertaintyModel:
-    """The model of `cfg` with its uncertainty head initialised from the classifier.
-
-    Raises:
-        CheckpointError: missing or unreadable checkpoint, wrong architecture or class count.
-        KeyError: an unknown kind (listing the known ones).
-    """
-    try:
-        builder = TRAIN_MODELS[cfg.kind]
-    except KeyError:
-        raise KeyError(f"model.kind {cfg.kind!r} is unknown; expected one of {', '.join(TRAIN_MODELS)}") from None
-    return builder(cfg, seed)
-
-
 def model_from_export(config: dict[str, Any], state: dict[str, Any], origin: str) -> UncertaintyModel:
     """Rebuild a trained model from `export_config()` and its state dict (what training checkpoints hold)."""
     kind = config.get("kind")
     bias = bool(config.get("uncertainty_bias", True))
     if kind == "deeplab":
-        from cgaug.models.segmenter import _create
-
-        model: UncertaintyModel = DeepLabUncertainty(_create(dict(config["smp"]), origin), config["smp"], bias)
+        model: UncertaintyModel = DeepLabUncertainty(create_smp(dict(config["smp"]), origin), config["smp"], bias)
     elif kind == "mask2former":
         from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
         hf = Mask2FormerForUniversalSegmentation(Mask2FormerConfig.from_dict(config["hf_config"]))
         model = Mask2FormerUncertainty(hf, bias)
     else:
-        raise CheckpointError(f"{origin}: model kind {kind!r} is unknown; expected one of {', '.join(TRAIN_MODELS)}")
-    _strict_load(model, state, origin)
+        raise CheckpointError(f"{origin}: model kind {kind!r} is unknown; expected one of {', '.join(TRAIN_GROUPS)}")
+    load_state(model, state, origin, {})
     return model
 
 
@@ -334,9 +231,11 @@ def describe(model: UncertaintyModel) -> str:
 
 
 class TrainedSegmenter(SmpSegmenter):
-    """A trained `UncertaintyModel` behind the evaluation interface: its anomaly score is u(x), not the energy."""
+    """A trained `UncertaintyModel` behind the segmenter interface: its anomaly score is u(x), not the energy."""
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    score_is_energy = False
+
+    def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x)
 
 
@@ -349,3 +248,37 @@ def trained_segmenter(config: dict[str, Any], state: dict[str, Any], origin: str
                                  std=tuple(config.get("std", IMAGENET_STD)))
     segmenter.config = dict(config)
     return segmenter
+
+
+def closed_world_mask2former(hf: nn.Module, origin: str) -> TrainedSegmenter:
+    """A closed-world transformers Mask2Former as a segmenter: its own classifier's Mask2Anomaly score.
+
+    The anomaly class embedding starts as a copy of the classifier (step 0 of training), so the
+    score is 1 - max_c of the semantic map; `config` is the transformers config (no ``kind``).
+    """
+    model = Mask2FormerUncertainty(hf.eval())
+    segmenter = TrainedSegmenter(model, num_classes=model.num_classes, name=origin)
+    segmenter.config = hf.config.to_dict()
+    return segmenter
+
+
+def mask2former_segmenter(config: dict[str, Any], state: dict[str, Any], origin: str) -> TrainedSegmenter:
+    """A Mask2Former ``.pt``: a training export (config with ``kind``) or a transformers config + state dict."""
+    if config.get("kind") is not None:
+        return trained_segmenter(config, state, origin)
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    hf = Mask2FormerForUniversalSegmentation(Mask2FormerConfig.from_dict(config))
+    load_state(hf, state, origin, {})
+    return closed_world_mask2former(hf, origin)
+
+
+def mask2former_directory(path: str) -> TrainedSegmenter:
+    """A Mask2Former save_pretrained directory (closed-world), read without any download."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    try:
+        hf = Mask2FormerForUniversalSegmentation.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a Mask2Former save_pretrained directory ({error})") from None
+    return closed_world_mask2former(hf, path)

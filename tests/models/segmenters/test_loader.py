@@ -1,4 +1,4 @@
-"""The evaluation segmenter: the tiny model, checkpoint formats and their errors."""
+"""The one segmenter loader: the tiny model, every checkpoint format, and their errors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 smp = pytest.importorskip("segmentation_models_pytorch")
 
-from cgaug.models.segmenter import (  # noqa: E402
+from cgaug.models.hub import ModelNotFound  # noqa: E402
+from cgaug.models.segmenters import (  # noqa: E402
     TINY_CONFIG,
     CheckpointError,
+    CheckpointNotFound,
     Segmenter,
     build_tiny_segmenter,
+    checkpoint_kind,
     load_segmenter,
 )
 
@@ -98,3 +101,45 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, tiny):
     (tmp_path / "pretrained" / "config.json").write_text(json.dumps(TINY_CONFIG))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: no such file"):
         load_segmenter(tmp_path / "pretrained")
+
+
+def test_missing_references_are_not_found_for_every_caller(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFound, match=r"^checkpoint: model\.pt: no such file or directory"):
+        load_segmenter("model.pt")  # a relative .pt is a path, never a hub id
+    with pytest.raises(CheckpointNotFound, match=r"filters\.segmenter_model 'cgaug-tests/no-such-segmenter'"):
+        load_segmenter("cgaug-tests/no-such-segmenter", field="filters.segmenter_model", local_files_only=True)
+    assert issubclass(CheckpointNotFound, CheckpointError) and issubclass(CheckpointNotFound, ModelNotFound)
+
+
+def test_the_kind_comes_from_the_config():
+    assert checkpoint_kind(dict(TINY_CONFIG)) == "smp"
+    assert checkpoint_kind({"_model_class": "Unet"}) == "smp"
+    assert checkpoint_kind({"model_type": "segformer"}) == "transformers"
+    assert checkpoint_kind({"model_type": "mask2former"}) == "mask2former"
+    assert checkpoint_kind({"kind": "deeplab", "smp": {}}) == "deeplab"
+
+
+def test_unknown_export_kinds_are_named(tmp_path):
+    torch.save({"config": {"kind": "unet3000"}, "state_dict": {}}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="'unet3000' is unknown"):
+        load_segmenter(tmp_path / "odd.pt")
+
+
+def test_transformers_directories_load_for_evaluation(tmp_path, batch):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    model = SegformerForSemanticSegmentation(SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[4, 2], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=5))
+    model.save_pretrained(tmp_path / "segformer")
+    SegformerImageProcessor(size={"height": 64, "width": 96}, do_reduce_labels=False).save_pretrained(
+        tmp_path / "segformer")
+    segmenter = load_segmenter(tmp_path / "segformer")
+    assert isinstance(segmenter, Segmenter) and segmenter.num_classes == 5
+    logits, energy = segmenter.predict(batch)
+    assert logits.shape == (2, 5, 16, 24)  # SegFormer predicts at 1/4 of its 64x96 input
+    torch.testing.assert_close(energy, -torch.logsumexp(logits, dim=1), rtol=0, atol=1e-5)
+    logits, energy = segmenter.predict(batch, size=(45, 70), short_side=32)
+    assert logits.shape == (2, 5, 45, 70) and energy.shape == (2, 45, 70)
