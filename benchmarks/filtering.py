@@ -3,7 +3,7 @@
 The filter must not bottleneck generation (target: at most 10% of generation time on a GPU).
 Both sides run in this process on the same compositions and prompts:
 
-- generation: the ControlNet pipeline (`cgaug.models.generator.generate`) on a batch of compositions;
+- generation: the ControlNet pipeline (`cgaug.tasks.generation.generate.generate`) on a batch of compositions;
 - filter: every gate on the generated batch (`cgaug.tasks.generation.filter.judge`), plus each gate alone.
 
 Modes:
@@ -27,7 +27,8 @@ from typing import Any
 
 from cgaug.config import CGAugConfig, FilterConfig
 from cgaug.seeds import stage_rng
-from cgaug.tasks.generation.filter import GATES, FilterInput, judge
+from cgaug.tasks.generation.filter import judge
+from cgaug.tasks.generation.gates import GATES, FilterInput
 
 
 def _compositions(workdir: Path, count: int, height: int, width: int, cfg: CGAugConfig) -> list[tuple]:
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cgaug.models.generator import generate, load_pipeline
+    from cgaug.models.generator import load_pipeline
+    from cgaug.tasks.generation.generate import generate
 
     if args.smoke:
         cfg = CGAugConfig.model_validate({"generator": {"model": "tiny"}, "filters": {"mode": "tiny"}})

@@ -2,7 +2,7 @@
 and both against the GPU's physical limit.
 
 Both configurations run in this process, on the same GPU, through cgaug's own generation
-code (`cgaug.models.generator.generate_float`: per-sample CPU generators, exact-size
+code (`cgaug.tasks.generation.generate.generate_float`: per-sample CPU generators, exact-size
 control tensors, batching, padding, out-of-memory halving), with the full-size networks
 built from the JSON configs in `cgaug/models/configs/sd15` (random weights, no download:
 kernel timings do not depend on the values; the images are noise):
@@ -281,7 +281,8 @@ def _time(base: Any, cfg: Any, name: str, scale: Scale, repeats: int, flops: dic
     """One warm-up call of the configuration's batch shape, then `repeats` timed calls."""
     import torch
 
-    from cgaug.models.generator import GenerationReport, generate_float, optimize_pipeline, with_scheduler
+    from cgaug.models.generator import optimize_pipeline, with_scheduler
+    from cgaug.tasks.generation.generate import GenerationReport, generate_float
 
     pipe = optimize_pipeline(with_scheduler(base, cfg.scheduler), cfg, compile_backend=compile_backend)
     count = cfg.batch_size

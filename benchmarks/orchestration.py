@@ -3,7 +3,7 @@
 Both sides produce the same shards (tiny generator, no filter, shard size 64
 by default) from the same fixture images, in this process's machine:
 
-- direct: `cgaug.flows.shard.generate_shard` for every shard in one warm
+- direct: `cgaug.tasks.generation.produce.write_planned_shard` for every shard in one warm
   process (models loaded once, no Prefect, no claims, no reports);
 - deployed: a real stack (`cgaug.stack`: `prefect server start`, process
   workers, deploy/prefect.yaml) and `cgaug/generate` from creation to
@@ -58,22 +58,23 @@ def config_dict(shard_size: int, variants: int) -> dict:
 
 
 def direct(source: Path, out: Path, cfg: dict) -> dict:
-    """The stages called directly: plan, then generate_shard per shard, in this warm process."""
+    """The stages called directly: plan, then write_planned_shard per shard, in this warm process."""
     from cgaug.config import CGAugConfig
     from cgaug.flows.generate import plan_run
-    from cgaug.flows.shard import _generator, generate_shard
     from cgaug.models.tiny import ensure_tiny_model
+    from cgaug.tasks.generation.generate import load_generator
     from cgaug.tasks.generation.plan import shards_of
+    from cgaug.tasks.generation.produce import write_planned_shard
 
     config = CGAugConfig.model_validate(cfg)
     ensure_tiny_model()  # build the tiny model's cache first: both sides then only load it
     start = time.perf_counter()
-    _generator(config)  # model load, once (the deployed side pays it per child: counted there)
+    load_generator(config.generator)  # model load, once (the deployed side pays it per child: counted there)
     load = time.perf_counter() - start
     plan, _ = plan_run(str(source), str(out), str(source / "bank.parquet"), config)
     start = time.perf_counter()
     for shard, entries in shards_of(plan).items():
-        generate_shard(str(source), str(out), str(source / "bank.parquet"), config, shard, entries)
+        write_planned_shard(str(source), str(out), str(source / "bank.parquet"), config, shard, entries)
     return {"images": len(plan), "seconds": time.perf_counter() - start, "model_load_s": load}
 
 

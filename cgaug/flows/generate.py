@@ -18,10 +18,12 @@ from prefect import flow, get_run_logger, task
 
 from cgaug.config import CGAugConfig, Orchestration
 from cgaug.flows.fanout import fan_out
-from cgaug.flows.shard import CLAIMED, PlanMismatch, check_config, load_plan, shard_task
+from cgaug.flows.shard import produce_shard_task
 from cgaug.storage.fs import open_root
 from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE, SHARD_SUFFIX, SHARDS_DIR
-from cgaug.tasks.generation.plan import PlanEntry, extend_plan, plan_to_table, shards_of
+from cgaug.storage.plan import PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
+from cgaug.tasks.generation.plan import extend_plan, shards_of
+from cgaug.tasks.generation.produce import CLAIMED
 
 __all__ = ["PlanMismatch", "generate_dataset_flow", "plan_run"]
 
@@ -156,7 +158,7 @@ def generate_dataset_flow(source: str, out: str, bank: str, config: CGAugConfig 
     if orch.in_process:
         claimed = []
         for shard in plan["pending"]:
-            outcome = shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
+            outcome = produce_shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
             if outcome["status"] == CLAIMED:
                 notes.append(f"shard {shard:05d} skipped: {outcome['detail']}")
                 claimed.append(shard)

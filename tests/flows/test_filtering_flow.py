@@ -17,8 +17,9 @@ from cgaug.records import OOD_TRAIN_ID, VOID_TRAIN_ID
 from cgaug.seeds import derive_seed
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
+from cgaug.storage.schema import scores_as_dict
 from cgaug.storage.shards import verify
-from cgaug.tasks.generation.filter import GATES
+from cgaug.tasks.generation.gates import GATES
 
 ALL_GATES = [g.name for g in GATES]
 
@@ -51,7 +52,7 @@ def test_every_sample_has_a_verdict_scores_and_every_attempt_recorded(filtered):
     for row in rows:
         assert row["verdict"] in ("accepted", "rejected")
         assert 1 <= row["attempts"] <= 3 and row["attempt"] == row["attempts"] - 1
-        assert sorted(dict(row["scores"])) == sorted(ALL_GATES)
+        assert sorted(scores_as_dict(row["scores"])) == sorted(ALL_GATES)
         attempts = [g["attempt"] for g in row["gates"]]
         assert attempts == [a for a in range(row["attempts"]) for _ in ALL_GATES]
         assert all(g["threshold"] is not None and g["passed"] == (g["reason"] is None) for g in row["gates"])

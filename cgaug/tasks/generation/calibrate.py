@@ -30,7 +30,7 @@ import pyarrow as pa
 from cgaug.storage.fs import Root
 from cgaug.storage.layout import CONFIG_FILE, INDEX_NAME
 from cgaug.storage.stats import quantiles as score_quantiles
-from cgaug.tasks.generation.filter import GATE_BY_NAME, GATES
+from cgaug.tasks.generation.gates import GATE_BY_NAME, GATES
 
 BISECTION_STEPS = 40
 

@@ -4,37 +4,17 @@ A plan is append-only. Samples already planned keep their shard and seed for
 ever, so a shard's inputs never change and any shard can be regenerated
 bit-for-bit; new source images or more variants are appended as new shards.
 Shards whose file is missing or invalid are simply planned work not done yet.
+Storing it (plan.parquet) is `cgaug.storage.plan`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import groupby
-
-import pyarrow as pa
 
 from cgaug.config import RunConfig
 from cgaug.records import SampleSpec, SourceRecord
 from cgaug.seeds import derive_seed, sample_id_for
-
-PLAN_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("source_id", pa.string()),
-    ("city", pa.string()),
-    ("split", pa.string()),
-    ("image_path", pa.string()),  # relative to the source root, so a moved dataset still resolves
-    ("label_path", pa.string()),
-    ("variant", pa.int32()),
-    ("attempt", pa.int32()),
-    ("seed", pa.int64()),
-    ("shard", pa.int32()),
-])
-
-
-@dataclass(frozen=True, slots=True)
-class PlanEntry:
-    spec: SampleSpec
-    source: SourceRecord  # paths relative to the source root
+from cgaug.storage.plan import PlanEntry
 
 
 def wanted_sources(sources: list[SourceRecord], run: RunConfig) -> list[SourceRecord]:
@@ -76,26 +56,3 @@ def shards_of(plan: list[PlanEntry]) -> dict[int, list[PlanEntry]]:
     """Plan entries grouped by shard id, each group in plan order."""
     ordered = sorted(plan, key=lambda e: e.spec.shard)
     return {shard: list(group) for shard, group in groupby(ordered, key=lambda e: e.spec.shard)}
-
-
-def plan_to_table(plan: list[PlanEntry]) -> pa.Table:
-    rows = [{
-        "sample_id": e.spec.sample_id, "source_id": e.spec.source_id, "city": e.source.city,
-        "split": e.source.split, "image_path": e.source.image_path, "label_path": e.source.label_path,
-        "variant": e.spec.variant, "attempt": e.spec.attempt, "seed": e.spec.seed, "shard": e.spec.shard,
-    } for e in plan]
-    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-
-
-def plan_from_table(table: pa.Table) -> list[PlanEntry]:
-    missing = set(PLAN_SCHEMA.names) - set(table.column_names)
-    if missing:
-        raise ValueError(f"plan table lacks columns {sorted(missing)}; expected {PLAN_SCHEMA.names}")
-    return [
-        PlanEntry(
-            SampleSpec(row["sample_id"], row["source_id"], row["variant"], row["attempt"], row["seed"],
-                       row["shard"]),
-            SourceRecord(row["source_id"], row["city"], row["split"], row["image_path"], row["label_path"]),
-        )
-        for row in table.to_pylist()
-    ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from cgaug.config import CGAugConfig
 from cgaug.records import Composition, Prompt, SampleSkipped, SourceRecord, Stats
 from cgaug.seeds import derive_seed, stage_rng
 from cgaug.storage.cityscapes import read_pair
+from cgaug.storage.plan import PlanEntry
 from cgaug.storage.png import encode_png
 from cgaug.storage.schema import (
     VERDICT_ACCEPTED,
@@ -39,30 +40,14 @@ from cgaug.storage.schema import (
     empty_row,
 )
 from cgaug.tasks.generation.compose import MaskBank, compose, train_ids
-from cgaug.tasks.generation.filter import (
-    GATE_BY_NAME,
-    RECOMPOSE,
-    RETRY,
-    FilterInput,
-    Judgement,
-    disagreement,
-    gate_records,
-    last_attempt_reasons,
-    next_action,
-    refine_label,
-    stored_scores,
-)
-from cgaug.tasks.generation.plan import PlanEntry
+from cgaug.tasks.generation.filter import Judge, Judgement, gate_records, last_attempt_reasons, stored_scores
+from cgaug.tasks.generation.gates import GATE_BY_NAME, FilterInput
+from cgaug.tasks.generation.generate import Generate, Settings
+from cgaug.tasks.generation.geometry import disagreement, refine_label
 from cgaug.tasks.generation.prompts import sample_prompt
+from cgaug.tasks.generation.retry import RECOMPOSE, RETRY, next_action
 
 log = logging.getLogger(__name__)
-
-Generate = Callable[..., list[np.ndarray]]
-"""Images for (conditioning maps, prompts, negative prompts, seeds), at the maps' resolution; with a photo
-condition (`generator.photo_control`) also the keywords `photos` and `photo_masks` (the pasted objects)."""
-
-Judge = Callable[[Sequence[FilterInput]], list[Judgement]]
-"""Verdicts for a batch of generated images (`cgaug.tasks.generation.filter.make_judge`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +101,7 @@ def skipped_row(entry: PlanEntry, skip: SampleSkipped, fingerprint: str) -> dict
 
 def generated_row(prepared: Prepared, image: np.ndarray, settings: dict[str, Any], fingerprint: str,
                   notes: dict[str, int]) -> dict[str, Any]:
-    """The row of an unfiltered sample (the filter's outcome is applied on top by `run_shard`)."""
+    """The row of an unfiltered sample (the filter's outcome is applied on top by `make_shard_rows`)."""
     comp, prompt = prepared.composition, prepared.prompt
     row = _identity(prepared.entry, fingerprint)
     row.update(settings)
@@ -188,10 +173,10 @@ def _rejection_detail(judgement: Judgement, generations: int) -> str:
     return f"rejected after {generations} generation(s); last attempt: {'; '.join(failed)}"
 
 
-def run_shard(entries: list[PlanEntry], source_root: str, bank: MaskBank, classes: tuple[str, ...],
-              cfg: CGAugConfig, generate: Generate, settings: Callable[[int, int], dict[str, Any]],
-              on_sample: Callable[[int], None] | None = None,
-              judge: Judge | None = None) -> tuple[list[dict[str, Any]], Stats]:
+def make_shard_rows(entries: list[PlanEntry], source_root: str, bank: MaskBank, classes: tuple[str, ...],
+                    cfg: CGAugConfig, generate: Generate, settings: Settings,
+                    on_sample: Callable[[int], None] | None = None,
+                    judge: Judge | None = None) -> tuple[list[dict[str, Any]], Stats]:
     """Rows for every planned sample of one shard, in plan order.
 
     Args:
@@ -233,7 +218,7 @@ class _Context:
     classes: tuple[str, ...]
     cfg: CGAugConfig
     generate: Generate
-    settings: Callable[[int, int], dict[str, Any]]
+    settings: Settings
     judge: Judge | None
     fingerprint: str
     stats: Stats

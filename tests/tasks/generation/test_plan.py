@@ -3,7 +3,7 @@ from __future__ import annotations
 from cgaug.config import RunConfig
 from cgaug.records import SourceRecord
 from cgaug.seeds import derive_seed
-from cgaug.tasks.generation.plan import extend_plan, plan_from_table, plan_to_table, shards_of
+from cgaug.tasks.generation.plan import extend_plan, shards_of
 
 
 def _sources(n: int) -> list[SourceRecord]:
@@ -43,7 +43,3 @@ def test_limit_takes_first_sources_by_id():
     plan = extend_plan([], list(reversed(_sources(5))), RunConfig(limit=2))
     assert [e.spec.source_id for e in plan] == ["aachen_000000_000019", "aachen_000001_000019"]
 
-
-def test_table_round_trip():
-    plan = extend_plan([], _sources(3), RunConfig(variants=2, shard_size=4))
-    assert plan_from_table(plan_to_table(plan)) == plan
