@@ -40,7 +40,7 @@ SCORE_TYPE = pa.struct([
 
 GATE_TYPE = pa.struct([
     ("attempt", pa.int32()),
-    ("name", pa.string()),  # the score key, e.g. "sam_iou" (cgaug.tasks.generation.filter.GATES)
+    ("name", pa.string()),  # the score key, e.g. "sam_iou" (cgaug.tasks.generation.gates)
     ("score", pa.float64()),
     ("threshold", pa.float64()),  # null: the gate only records its score
     ("passed", pa.bool_()),

@@ -28,8 +28,6 @@ import numpy as np
 from cgaug.config import FilterConfig
 from cgaug.models.filters.base import FilterModels
 from cgaug.tasks.generation.gates import (
-    GATE_BY_NAME,
-    GATES,
     FilterInput,
     GateBatch,
     GateResult,
@@ -38,7 +36,7 @@ from cgaug.tasks.generation.gates import (
 )
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 # --------------------------------------------------------------------------- judging
 
@@ -110,61 +108,3 @@ def last_attempt_reasons(records: Sequence[dict[str, Any]], attempt: int) -> lis
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-# --------------------------------------------------------------------------- statistics
-
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-def filter_stats(index: pa.Table) -> dict[str, Any]:
-    """The filter's record for a shard or a run, from index (or shard) columns.
-
-    total, accepted, rejected, unfiltered, skipped, ``dropped_<reason>`` (rejected samples by the
-    gates that failed on their last attempt), ``attempts`` (histogram of generations per sample),
-    ``attempt_pass_rate`` (generations that passed every gate) and, per gate, the number of
-    scores, their pass rate and quantiles over every attempt.
-    """
-    verdicts = index.column("verdict").to_pylist()
-    attempts = index.column("attempts").to_pylist() if "attempts" in index.column_names else [None] * len(verdicts)
-    gates = index.column("gates").to_pylist() if "gates" in index.column_names else [None] * len(verdicts)
-    out: dict[str, Any] = {"total": len(verdicts)}
-    for verdict in ("accepted", "rejected", "unfiltered", "skipped"):
-        out[verdict] = verdicts.count(verdict)
-    stored = index.column("attempt").to_pylist()
-    dropped: dict[str, int] = {}
-    for verdict, records, attempt in zip(verdicts, gates, stored, strict=True):
-        if verdict == "rejected":
-            for reason in last_attempt_reasons(records or [], attempt):
-                dropped[f"dropped_{reason}"] = dropped.get(f"dropped_{reason}", 0) + 1
-    out.update(sorted(dropped.items()))
-    histogram: dict[str, int] = {}
-    for verdict, count in zip(verdicts, attempts, strict=True):
-        if verdict != "skipped" and count is not None:
-            histogram[str(count)] = histogram.get(str(count), 0) + 1
-    out["attempts"] = dict(sorted(histogram.items(), key=lambda kv: int(kv[0])))
-    out.update(_gate_summary([g for g in gates if g]))
-    return out
-
-
-def _gate_summary(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    by_gate: dict[str, list[dict[str, Any]]] = {}
-    outcome: dict[tuple[int, int], bool] = {}  # (row, attempt) -> passed every gate
-    for row_number, records in enumerate(rows):
-        for record in records:
-            by_gate.setdefault(record["name"], []).append(record)
-            key = (row_number, record["attempt"])
-            outcome[key] = outcome.get(key, True) and bool(record["passed"])
-    summary: dict[str, Any] = {"generations_judged": len(outcome),
-                               "attempt_pass_rate": (sum(outcome.values()) / len(outcome)) if outcome else None}
-    gates = {}
-    for name in sorted(by_gate, key=lambda n: [g.name for g in GATES].index(n) if n in GATE_BY_NAME else 99):
-        records = by_gate[name]
-        values = np.asarray([r["score"] for r in records if r["score"] is not None], dtype=float)
-        gates[name] = {
-            "n": len(records),
-            "pass_rate": sum(bool(r["passed"]) for r in records) / len(records),
-            "quantiles": {str(q): float(np.quantile(values, q)) for q in QUANTILES} if values.size else {},
-        }
-    summary["gates"] = gates
-    return summary

@@ -18,7 +18,8 @@ from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.schema import SHARD_SCHEMA, scores_column
 from cgaug.storage.shards import verify, write_index, write_shard
-from cgaug.tasks.generation.filter import filter_stats, judge, make_judge
+from cgaug.storage.stats import stats_of_table
+from cgaug.tasks.generation.filter import judge, make_judge
 from tests.tasks.generation.fakes import FixedSegmenter, ShiftMasker, shifted
 
 
@@ -121,8 +122,8 @@ def test_a_gate_that_always_rejects_gives_exactly_max_attempts_batched_regenerat
         assert "rejected after 3" in row["detail"]
     assert stats.counts["rejected"] == stats.counts["dropped_sam_iou_low"] == len(entries)
     assert stats.counts.get("accepted", 0) == 0 and stats.counts["generations"] == 3 * len(entries)
-    summary = filter_stats(pa.Table.from_pylist([row | {"scores": scores_column(row["scores"])} for row in rows],
-                                                 schema=SHARD_SCHEMA))
+    table = pa.Table.from_pylist([row | {"scores": scores_column(row["scores"])} for row in rows], schema=SHARD_SCHEMA)
+    summary = stats_of_table(table).filter_summary()  # the one statistics record
     assert summary["accepted"] == 0 and summary["rejected"] == len(entries)
     assert summary["dropped_sam_iou_low"] == len(entries) and summary["attempts"] == {"3": len(entries)}
     assert summary["gates"]["sam_iou"]["n"] == 3 * len(entries) and summary["gates"]["sam_iou"]["pass_rate"] == 0
