@@ -144,7 +144,7 @@ class GeneratorConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
     dtype: DtypeName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"
-    # speed only: pixels change at float-rounding level at most (see cgaug.models.generator)
+    # speed only: pixels change at float-rounding level at most (see cgaug.tasks.generation.generate)
     channels_last: bool = True  # NHWC UNet/ControlNet weights: faster convolutions on tensor cores
     compile: bool = False  # torch.compile UNet and ControlNet; minutes of warm-up, pads the last batch
     compile_mode: Literal["default", "reduce-overhead", "max-autotune",
