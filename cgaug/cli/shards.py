@@ -88,6 +88,36 @@ def show(
     typer.echo(f"wrote {dest} ({picture.width}x{picture.height})")
 
 
+@app.command()
+def regenerate(
+    out: OutArgument,
+    sample: Annotated[str, typer.Option("--sample", help="Sample id to regenerate (the sample_id column).")],
+    dest: Annotated[Path | None, typer.Option(
+        "--out", help="Write the regenerated image to this PNG file too.")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Source root [default: the one recorded in the manifest].")] = None,
+    bank: Annotated[str | None, typer.Option(help="Object bank [default: the one recorded in the manifest].")] = None,
+) -> None:
+    """Rebuild one sample from its row (composition, prompt, seeds, generator settings) and compare pixels.
+
+    Prints JSON (bit_identical, max_pixel_difference, ...); exits 0 when bit-identical, 1 otherwise.
+    """
+    from PIL import Image
+
+    from cgaug.tasks.generation.regenerate import RegenerateError, regenerate_sample
+
+    try:
+        result = regenerate_sample(out, sample, source=source, bank=bank)
+    except (FileNotFoundError, KeyError, RegenerateError) as error:
+        raise _fail(error) from error
+    if dest is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(result.image).save(dest, format="PNG")
+    typer.echo(json.dumps(result.summary(), indent=2))
+    if not result.identical:
+        raise typer.Exit(code=1)
+
+
 @export_app.command()
 def cityscapes(
     out: OutArgument,
