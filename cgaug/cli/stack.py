@@ -50,13 +50,32 @@ def up(
                            auth_string=stack.resolve_auth(auth_string))
     except stack.StackError as error:
         raise _fail(error) from error
+    data = Path(data_root or Path(started.state_dir) / "data")
+    seeded = _seed_default_source(data / "cityscapes")
     login = "             export PREFECT_API_AUTH_STRING=<the auth string>  (the UI asks for it)\n"
+    tiny = json.dumps({"config": {"generator": {"model": "tiny"}, "filters": {"mode": "tiny"}}})
     typer.echo(f"stack up: UI {started.ui_url}  API {started.api_url}\n"
                f"  processes: {', '.join(started.processes)} (logs in {Path(started.state_dir) / 'logs'})\n"
                f"  use it:    export PREFECT_API_URL={started.api_url}\n"
                f"{login if started.auth else ''}"
-               f"             prefect deployment run cgaug/generate\n"
+               f"             prefect deployment run cgaug/generate --watch --params '{tiny}'\n"
+               f"             (the default source {data / 'cityscapes'} holds "
+               f"{'synthetic fixtures, written now' if seeded else 'your data or earlier fixtures'}; "
+               "tiny offline models)\n"
+               f"  real data: prefect deployment run cgaug/generate --watch --param source=/data/cityscapes "
+               "--param out=/data/out --param bank=/data/cityscapes/bank.parquet\n"
                f"  stop it:   {self_command()} stack down --state {state}")
+
+
+def _seed_default_source(source: Path) -> bool:
+    """Synthetic fixtures in the deployments' default source when it holds no dataset yet, so that
+    the first `prefect deployment run cgaug/generate` works as printed; True when written now."""
+    from cgaug.fixtures import BANK_FILE, write_fixture_dataset
+
+    if (source / BANK_FILE).exists() or (source / "leftImg8bit").exists():
+        return False
+    write_fixture_dataset(source, images=6)
+    return True
 
 
 @app.command()

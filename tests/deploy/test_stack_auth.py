@@ -138,3 +138,31 @@ def test_cli_up_passes_the_auth_string_and_says_how_to_log_in(clean_env: pytest.
     result = CliRunner().invoke(app, ["up", "--state", str(tmp_path)])
     assert result.exit_code == 0 and seen["auth_string"] is None
     assert "PREFECT_API_AUTH_STRING" not in result.output
+
+
+def test_cli_up_seeds_the_default_source_and_prints_a_command_that_runs_as_printed(
+        clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`prefect deployment run cgaug/generate` as printed: the default source holds a dataset and the
+    printed parameters choose the offline tiny models (the default generator needs downloaded weights)."""
+    import json
+    import shlex
+
+    from cgaug.config import CGAugConfig
+
+    def fake_up(state: Path, **options: Any) -> stack.StackState:
+        return stack.StackState("http://127.0.0.1:4200/api", "http://127.0.0.1:4200", str(state), {})
+
+    clean_env.setattr(stack, "up", fake_up)
+    result = CliRunner().invoke(app, ["up", "--state", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    source = tmp_path / "data" / "cityscapes"
+    assert (source / "bank.parquet").is_file() and any((source / "leftImg8bit").rglob("*.png"))
+    assert "written now" in result.output
+    line = next(x for x in result.output.splitlines() if "deployment run cgaug/generate --watch --params" in x)
+    words = shlex.split(line.strip())
+    params = json.loads(words[words.index("--params") + 1])
+    assert CGAugConfig.model_validate(params["config"]).generator.model == "tiny"
+    before = sorted(p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file())
+    again = CliRunner().invoke(app, ["up", "--state", str(tmp_path)])
+    assert again.exit_code == 0 and "written now" not in again.output
+    assert sorted(p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()) == before  # never overwritten
