@@ -15,7 +15,7 @@ semantic shift": the anomaly map uses one colour scale per dataset (1st..99th
 percentile of all labelled pixels), so a frame whose weather lights up the
 whole map looks different from one where only the object does, and the
 prediction panel marks in white the pixels at or above the FPR@95 threshold.
-Pictures are drawn with PIL only: matplotlib is not a runtime dependency.
+Curves use the one chart style of `cgaug.tasks.reporting.charts`; the frame grids are drawn with PIL.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def write_dataset_report(root: Root, name: str, evaluation: DatasetEvaluation, f
         files["curve_points"] = f"curves/{name}.parquet"
         root.write_parquet_atomic(files["curve_points"], pa.table({k: pa.array(v) for k, v in curve.items()}))
         files["roc"], files["pr"] = f"curves/{name}_roc.png", f"curves/{name}_pr.png"
-        root.write_bytes_atomic(files["roc"], _png(render_roc(curve, record)))
-        root.write_bytes_atomic(files["pr"], _png(render_pr(curve, record)))
+        root.write_bytes_atomic(files["roc"], render_roc(curve, record))
+        root.write_bytes_atomic(files["pr"], render_pr(curve, record))
     if evaluation.examples:
         scale = _score_scale(table, evaluation.examples)
         files["grid"] = f"grids/{name}.png"
@@ -159,68 +159,37 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-class _Chart:
-    """A unit-square plot area with grid, ticks and titles, drawn with PIL."""
+def render_roc(curve: dict[str, np.ndarray], record: dict[str, Any]) -> bytes:
+    """The ROC curve with the FPR@95 operating point, as PNG bytes (the house chart style)."""
+    from cgaug.tasks.reporting.charts import COLORS, chart, png
 
-    def __init__(self, title: str, xlabel: str, ylabel: str, size: tuple[int, int] = (560, 460)):
-        self.image = Image.new("RGB", size, (255, 255, 255))
-        self.draw = ImageDraw.Draw(self.image)
-        self.left, self.top, self.right, self.bottom = 64, 46, size[0] - 20, size[1] - 52
-        font = _font()
-        for i in range(6):
-            v = i / 5
-            x, y = self.xy(v, 0)[0], self.xy(0, v)[1]
-            self.draw.line([(x, self.top), (x, self.bottom)], fill=(225, 225, 225))
-            self.draw.line([(self.left, y), (self.right, y)], fill=(225, 225, 225))
-            self.draw.text((x - 8, self.bottom + 6), f"{v:.1f}", fill=(0, 0, 0), font=font)
-            self.draw.text((self.left - 30, y - 6), f"{v:.1f}", fill=(0, 0, 0), font=font)
-        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=(0, 0, 0))
-        self.draw.text((self.left, 6), title, fill=(0, 0, 0), font=font)
-        self.draw.text(((self.left + self.right) // 2 - 20, self.bottom + 26), xlabel, fill=(0, 0, 0), font=font)
-        self.draw.text((6, self.top - 18), ylabel, fill=(0, 0, 0), font=font)
-
-    def xy(self, x: float, y: float) -> tuple[float, float]:
-        return (self.left + x * (self.right - self.left), self.bottom - y * (self.bottom - self.top))
-
-    def line(self, xs: np.ndarray, ys: np.ndarray, color: tuple[int, int, int], width: int = 2) -> None:
-        points = [self.xy(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
-        if len(points) > 1:
-            self.draw.line(points, fill=color, width=width, joint="curve")
-
-    def dashed(self, start: tuple[float, float], end: tuple[float, float], color: tuple[int, int, int]) -> None:
-        (x0, y0), (x1, y1) = self.xy(*start), self.xy(*end)
-        length = max(1.0, math.hypot(x1 - x0, y1 - y0))
-        for s in np.arange(0, length, 10):
-            a, b = s / length, min(s + 5, length) / length
-            self.draw.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
-                           fill=color, width=1)
-
-    def dot(self, x: float, y: float, color: tuple[int, int, int], label: str) -> None:
-        px, py = self.xy(x, y)
-        self.draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
-        self.draw.text((min(px + 8, self.right - 120), py + 4), label, fill=color, font=_font())
+    with chart(5.6, 4.6) as (figure, axes):
+        axes.axhline(0.95, color=COLORS["neutral"], linestyle="--", linewidth=1)
+        axes.plot(curve["fpr"], curve["tpr"], color=COLORS["main"])
+        fpr95 = record["fpr95"]
+        if fpr95 is not None:
+            tpr_at = float(np.interp(fpr95, curve["fpr"], curve["tpr"]))
+            axes.plot([fpr95], [min(max(tpr_at, 0.95), 1.0)], "o", color=COLORS["alert"],
+                      label=f"FPR@95 {100 * fpr95:.2f}% ({record['fpr_rule']})")
+            axes.legend(loc="lower right")
+        axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate",
+                 title=f"ROC - {record['name']}  (AUROC {100 * record['auroc']:.2f}%)")
+        return png(figure)
 
 
-def render_roc(curve: dict[str, np.ndarray], record: dict[str, Any]) -> Image.Image:
-    chart = _Chart(f"ROC - {record['name']}  (AUROC {100 * record['auroc']:.2f}%)", "false positive rate",
-                   "true positive rate")
-    chart.dashed((0, 0.95), (1, 0.95), (150, 150, 150))
-    chart.line(curve["fpr"], curve["tpr"], (31, 119, 180))
-    fpr95 = record["fpr95"]
-    tpr_at = float(np.interp(fpr95, curve["fpr"], curve["tpr"])) if fpr95 is not None else 0.95
-    chart.dot(fpr95, min(max(tpr_at, 0.95), 1.0), (214, 39, 40),
-              f"FPR@95 {100 * fpr95:.2f}% ({record['fpr_rule']})")
-    return chart.image
+def render_pr(curve: dict[str, np.ndarray], record: dict[str, Any]) -> bytes:
+    """The precision-recall curve against the positive rate (chance), as PNG bytes."""
+    from cgaug.tasks.reporting.charts import COLORS, chart, png
 
-
-def render_pr(curve: dict[str, np.ndarray], record: dict[str, Any]) -> Image.Image:
-    chart = _Chart(f"PR - {record['name']}  (AP {100 * record['ap']:.2f}%)", "recall", "precision")
     rate = record["positives"] / (record["positives"] + record["negatives"])
-    chart.dashed((0, rate), (1, rate), (150, 150, 150))
-    chart.line(curve["tpr"], curve["precision"], (31, 119, 180))
-    chart.draw.text(chart.xy(0.02, rate + 0.03), f"positive rate {100 * rate:.2f}%", fill=(120, 120, 120),
-                    font=_font())
-    return chart.image
+    with chart(5.6, 4.6) as (figure, axes):
+        axes.axhline(rate, color=COLORS["neutral"], linestyle="--", linewidth=1,
+                     label=f"positive rate {100 * rate:.2f}%")
+        axes.plot(curve["tpr"], curve["precision"], color=COLORS["main"])
+        axes.legend(loc="upper right")
+        axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+                 title=f"PR - {record['name']}  (AP {100 * record['ap']:.2f}%)")
+        return png(figure)
 
 
 def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

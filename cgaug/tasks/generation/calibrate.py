@@ -14,12 +14,11 @@ those of the generator's output, not of what the filter let through.
 
 With `max_attempts` tries, a sample's chance to be accepted is about
 1 - (1 - target)^max_attempts if attempts were independent; printed for reference.
-Pure numpy/pyarrow; matplotlib is imported only to draw the plots.
+Pure numpy/pyarrow; the plots use the one chart style of `cgaug.tasks.reporting.charts`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -181,29 +180,22 @@ def calibrate_run(root: Root, target: float) -> tuple[Calibration, list[str], np
 
 def plot_png(name: str, values: np.ndarray, calibration: GateCalibration, target: float) -> bytes:
     """A histogram of one gate's scores with the current and suggested thresholds, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from cgaug.tasks.reporting.charts import COLORS, chart, png
 
     finite = values[np.isfinite(values)]
-    figure = Figure(figsize=(6, 3.4), dpi=100)
-    axes = figure.subplots()
-    axes.hist(finite, bins=max(10, min(60, finite.size // 4 or 10)), color="#4c72b0", alpha=0.85)
-    lines = [("current", calibration.current, "#c44e52", "--"),
-             (f"alone ({target:.0%})", calibration.alone, "#8c8c8c", ":"),
-             (f"joint ({target:.0%} all gates)", calibration.joint, "#55a868", "-")]
-    for label, value, color, style in lines:
-        if value is not None and np.isfinite(value):
-            axes.axvline(value, color=color, linestyle=style, linewidth=1.5, label=f"{label}: {value:.4g}")
-    axes.set_title(f"{name}: {finite.size} generations")
-    axes.set_xlabel(f"score (filters.{calibration.threshold_field})")
-    axes.set_ylabel("generations")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    with chart() as (figure, axes):
+        axes.hist(finite, bins=max(10, min(60, finite.size // 4 or 10)), color=COLORS["main"], alpha=0.85)
+        lines = [("current", calibration.current, COLORS["alert"], "--"),
+                 (f"alone ({target:.0%})", calibration.alone, COLORS["neutral"], ":"),
+                 (f"joint ({target:.0%} all gates)", calibration.joint, COLORS["good"], "-")]
+        for label, value, color, style in lines:
+            if value is not None and np.isfinite(value):
+                axes.axvline(value, color=color, linestyle=style, label=f"{label}: {value:.4g}")
+        axes.set_title(f"{name}: {finite.size} generations")
+        axes.set_xlabel(f"score (filters.{calibration.threshold_field})")
+        axes.set_ylabel("generations")
+        axes.legend()
+        return png(figure)
 
 
 def write_plots(plots: Root, calibration: Calibration, names: list[str], matrix: np.ndarray) -> list[str]:
