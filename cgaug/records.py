@@ -8,7 +8,7 @@ hold only ids, paths and scalars; arrays live in `Composition` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,13 +92,3 @@ class Prompt:
     time_of_day: str | None
     place: str | None
     objects_phrase: str
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one stage or shard (e.g. ``skipped_no_road``, ``generated``)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, key: str, value: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + value

@@ -17,7 +17,6 @@ from cgaug.records import (
     SampleSkipped,
     SampleSpec,
     SourceRecord,
-    Stats,
 )
 
 SOURCE = SourceRecord("aachen_000000_000019", "aachen", "train",
@@ -68,12 +67,3 @@ def test_sample_skipped_carries_a_stable_reason_and_a_human_detail():
     assert isinstance(error, Exception)
     assert (error.reason, error.detail) == ("no_road", "gtFine/x_labelIds.png: no pixel of class road")
     assert str(error) == "no_road: gtFine/x_labelIds.png: no pixel of class road"
-
-
-def test_stats_add_counts_per_key_and_instances_do_not_share_counters():
-    stats = Stats()
-    stats.add("generated")
-    stats.add("generated", 2)
-    stats.add("skipped_no_road")
-    assert stats.counts == {"generated": 3, "skipped_no_road": 1}
-    assert Stats().counts == {}

@@ -203,6 +203,14 @@ class GenerationStats:
 
     # --- views ---------------------------------------------------------------------------------------
 
+    def headline(self) -> dict[str, int]:
+        """Flat counts for one log line: rows, verdicts, generations, drops by gate, attempts histogram."""
+        out = {"total": self.rows, **{verdict: n for verdict, n in sorted(self.verdicts.items())},
+               "generations": self.generations}
+        out |= {f"dropped_{reason}": n for reason, n in sorted(self.dropped.items())}
+        out |= {f"attempts_{k}": n for k, n in sorted(self.attempts.items())}
+        return out
+
     def filter_summary(self) -> dict[str, Any]:
         """The filter's record (``cgaug filter stats``): verdict totals, ``dropped_<reason>``, attempts
         histogram, the pass rate of judged generations and, per gate, records, pass rate, quantiles."""

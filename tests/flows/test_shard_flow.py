@@ -32,7 +32,7 @@ def test_one_shard_is_written_verified_reported_and_journaled_once(dataset, tiny
     [outcome] = _produce(dataset, out, _config())
 
     assert outcome["shard"] == 0 and outcome["status"] == "written" and outcome["rows"] == len(plan) == 2
-    assert "generated 2" in outcome["detail"]
+    assert "unfiltered 2" in outcome["detail"]
     root = open_root(str(out))
     write_index(root)
     assert verify(root) == []

@@ -101,10 +101,5 @@ def stored_scores(judgement: Judgement) -> dict[str, float]:
     return {name: score for name, score in judgement.scores.items() if np.isfinite(score)}
 
 
-def last_attempt_reasons(records: Sequence[dict[str, Any]], attempt: int) -> list[str]:
-    """The reason codes of the gates that failed on the stored attempt (why a rejected sample was dropped)."""
-    return [r["reason"] for r in records if r["attempt"] == attempt and r["reason"] is not None]
-
-
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None

@@ -73,7 +73,7 @@ def write_planned_shard(source: str, out: str, bank: str, config: CGAugConfig, s
     rows, stats = make_shard_rows(entries, source, object_bank, classes, config, generate, settings,
                                   judge=load_judge(config.filters))
     info = write_shard(root, shard_id, rows)
-    return {"shard": shard_id, "rows": info.rows, "sha256": info.sha256, "stats": stats.counts}
+    return {"shard": shard_id, "rows": info.rows, "sha256": info.sha256, "stats": stats.headline()}
 
 
 def produce_claimed_shard(source: str, out: str, bank: str, config: CGAugConfig, shard_id: int, *,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cgaug.config import CGAugConfig
-from cgaug.records import Composition, Prompt, SampleSkipped, SourceRecord, Stats
+from cgaug.records import Composition, Prompt, SampleSkipped, SourceRecord
 from cgaug.seeds import derive_seed, stage_rng
 from cgaug.storage.cityscapes import read_pair
 from cgaug.storage.plan import PlanEntry
@@ -39,8 +39,9 @@ from cgaug.storage.schema import (
     VERDICT_UNFILTERED,
     empty_row,
 )
+from cgaug.storage.stats import GenerationStats, stats_of_rows
 from cgaug.tasks.generation.compose import MaskBank, compose, train_ids
-from cgaug.tasks.generation.filter import Judge, Judgement, gate_records, last_attempt_reasons, stored_scores
+from cgaug.tasks.generation.filter import Judge, Judgement, gate_records, stored_scores
 from cgaug.tasks.generation.gates import GATE_BY_NAME, FilterInput
 from cgaug.tasks.generation.generate import Generate, Settings
 from cgaug.tasks.generation.geometry import disagreement, refine_label
@@ -176,8 +177,11 @@ def _rejection_detail(judgement: Judgement, generations: int) -> str:
 def make_shard_rows(entries: list[PlanEntry], source_root: str, bank: MaskBank, classes: tuple[str, ...],
                     cfg: CGAugConfig, generate: Generate, settings: Settings,
                     on_sample: Callable[[int], None] | None = None,
-                    judge: Judge | None = None) -> tuple[list[dict[str, Any]], Stats]:
-    """Rows for every planned sample of one shard, in plan order.
+                    judge: Judge | None = None) -> tuple[list[dict[str, Any]], GenerationStats]:
+    """Rows for every planned sample of one shard, in plan order, and their statistics record.
+
+    The record is computed from the rows (`cgaug.storage.stats`, the one record every summary
+    uses), so what the loop reports and what a reader of the shard finds cannot disagree.
 
     Args:
         entries: the shard's plan entries.
@@ -189,7 +193,6 @@ def make_shard_rows(entries: list[PlanEntry], source_root: str, bank: MaskBank, 
         on_sample: progress callback, called with the number of samples just finished.
         judge: the quality filter (see `Judge`); None writes every sample `unfiltered`.
     """
-    stats = Stats()
     fingerprint = cfg.output_fingerprint()
     rows: dict[str, dict[str, Any]] = {}
     pending: list[_Sample] = []
@@ -200,15 +203,14 @@ def make_shard_rows(entries: list[PlanEntry], source_root: str, bank: MaskBank, 
             if cfg.run.on_error == "raise":
                 raise
             log.warning("skipped %s: %s", entry.spec.sample_id, skip)
-            stats.add(f"skipped_{skip.reason}")
             rows[entry.spec.sample_id] = skipped_row(entry, skip, fingerprint)
             if on_sample:
                 on_sample(1)
-    context = _Context(source_root, bank, classes, cfg, generate, settings, judge, fingerprint, stats, rows)
+    context = _Context(source_root, bank, classes, cfg, generate, settings, judge, fingerprint, rows)
     while pending:  # each round shrinks: a sample leaves after at most 2 x max_attempts rounds
         pending = _round(pending, context, on_sample)
-    stats.add("total", len(entries))
-    return [rows[entry.spec.sample_id] for entry in entries], stats
+    ordered = [rows[entry.spec.sample_id] for entry in entries]
+    return ordered, stats_of_rows(ordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,6 @@ class _Context:
     settings: Settings
     judge: Judge | None
     fingerprint: str
-    stats: Stats
     rows: dict[str, dict[str, Any]]
 
 
@@ -267,7 +268,6 @@ def _after_judgement(sample: _Sample, judgement: Judgement, ctx: _Context) -> _S
     """Record the attempt; the sample to generate next round, or None when it is final."""
     sample.generations += 1
     sample.history.extend(gate_records(judgement, sample.attempt))
-    ctx.stats.add("generations")
     action = next_action(judgement.passed, sample.attempt, sample.first_attempt, sample.recomposed,
                          ctx.cfg.filters)
     if action == RETRY:
@@ -288,7 +288,6 @@ def _recompose(sample: _Sample, ctx: _Context) -> _Sample | None:
     except SampleSkipped as skip:
         sample.extra_reasons.append(f"recompose_failed_{skip.reason}")
         return None
-    ctx.stats.add("recomposed")
     return _Sample(prepared, notes, attempt=attempt, first_attempt=attempt, recomposed=True,
                    generations=sample.generations, history=sample.history,
                    extra_reasons=[*sample.extra_reasons, "recomposed"])
@@ -296,16 +295,6 @@ def _recompose(sample: _Sample, ctx: _Context) -> _Sample | None:
 
 def _finish(ctx: _Context, sample: _Sample, row: dict[str, Any]) -> None:
     ctx.rows[sample.prepared.entry.spec.sample_id] = row
-    ctx.stats.add("generated")
-    for key, value in sample.notes.items():
-        ctx.stats.add(key, value)
-    if ctx.judge is None:
-        return
-    ctx.stats.add(row["verdict"])
-    ctx.stats.add(f"attempts_{row['attempts']}")
-    if row["verdict"] == VERDICT_REJECTED:
-        for reason in last_attempt_reasons(row["gates"], row["attempt"]):
-            ctx.stats.add(f"dropped_{reason}")
 
 
 def _filter_input(prepared: Prepared, image: np.ndarray) -> FilterInput:

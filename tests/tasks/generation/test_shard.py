@@ -120,8 +120,8 @@ def test_a_gate_that_always_rejects_gives_exactly_max_attempts_batched_regenerat
         assert row["reasons"][0] == "sam_iou_low" and row["image_png"] is not None
         assert row["image_seed"] == derive_seed(7, row["sample_id"], row["variant"], 2)
         assert "rejected after 3" in row["detail"]
-    assert stats.counts["rejected"] == stats.counts["dropped_sam_iou_low"] == len(entries)
-    assert stats.counts.get("accepted", 0) == 0 and stats.counts["generations"] == 3 * len(entries)
+    assert stats.verdicts["rejected"] == stats.dropped["sam_iou_low"] == len(entries)
+    assert stats.verdicts.get("accepted", 0) == 0 and stats.generations == 3 * len(entries)
     table = pa.Table.from_pylist([row | {"scores": scores_column(row["scores"])} for row in rows], schema=SHARD_SCHEMA)
     summary = stats_of_table(table).filter_summary()  # the one statistics record
     assert summary["accepted"] == 0 and summary["rejected"] == len(entries)
@@ -135,7 +135,7 @@ def test_accepted_samples_get_the_sam_label_and_a_noise_mask(shard, tmp_path):
     models = FilterModels(masker=ShiftMasker(2), segmenter=FixedSegmenter())
     entries, rows, stats, generator = shard.run(cfg, models=models)
     _write_and_verify(rows, tmp_path)
-    assert len(generator.calls) == 1 and stats.counts["accepted"] == len(entries)
+    assert len(generator.calls) == 1 and stats.verdicts["accepted"] == len(entries)
     for row in rows:
         assert row["verdict"] == "accepted" and row["attempts"] == 1
         assert all(":" in reason for reason in row["reasons"])  # compose notes only
@@ -188,7 +188,7 @@ def test_rejected_samples_are_regenerated_together_until_they_pass(shard):
     assert by_id[first]["attempts"] == 3 and by_id[first]["verdict"] == "accepted"
     assert [g["passed"] for g in by_id[first]["gates"]] == [False, False, True]
     assert all(r["attempts"] == 2 and r["verdict"] == "accepted" for s, r in by_id.items() if s != first)
-    assert stats.counts["attempts_2"] == len(entries) - 1 and stats.counts["attempts_3"] == 1
+    assert stats.attempts[2] == len(entries) - 1 and stats.attempts[3] == 1
 
 
 def test_recompose_after_the_last_failure_is_bounded_too(shard, tmp_path):
@@ -196,7 +196,7 @@ def test_recompose_after_the_last_failure_is_bounded_too(shard, tmp_path):
     entries, rows, stats, generator = shard.run(cfg, models=FilterModels(masker=ShiftMasker(0)))
     _write_and_verify(rows, tmp_path)
     assert len(generator.calls) == 4
-    assert stats.counts["recomposed"] == len(entries)
+    assert stats.reasons["recomposed"] + stats.notes.get("recomposed", 0) == len(entries)
     for row, entry in zip(rows, entries, strict=True):
         assert row["attempts"] == 4 and row["verdict"] == "rejected" and "recomposed" in row["reasons"]
         assert row["seed"] == derive_seed(7, entry.spec.sample_id, entry.spec.variant, 2)  # the new composition's
@@ -211,7 +211,7 @@ def test_without_a_filter_rows_are_unfiltered_with_one_attempt(shard):
     for row, entry in zip(rows, entries, strict=True):
         assert row["verdict"] == "unfiltered" and row["attempts"] == 1 and row["gates"] == []
         assert row["seed"] == row["image_seed"] == entry.spec.seed and row["attempt"] == 0
-    assert "generations" not in stats.counts and stats.counts["generated"] == len(entries)
+    assert stats.generations_judged == 0 and stats.verdicts["unfiltered"] == len(entries)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -236,8 +236,8 @@ def test_a_bad_sample_becomes_a_skipped_row_and_the_rest_is_generated(shard, tmp
     assert "gone.png" in skipped["detail"] and skipped["attempts"] == 0 and skipped["image_png"] is None
     assert [row["verdict"] for row in rows[::2]] == ["unfiltered"] * 2
     assert generator.calls[0][2] == [entries[0].spec.seed, entries[2].spec.seed]  # the skipped one is not generated
-    assert stats.counts["skipped_missing_image"] == 1 and stats.counts["generated"] == 2
-    assert stats.counts["total"] == 3 and sum(shard.done) == 3  # progress counts every sample once
+    assert stats.verdicts["skipped"] == stats.reasons["missing_image"] == 1 and stats.verdicts["unfiltered"] == 2
+    assert stats.rows == 3 and sum(shard.done) == 3  # progress counts every sample once
 
 
 def test_a_skipped_sample_is_never_judged_or_retried(shard):
@@ -249,7 +249,7 @@ def test_a_skipped_sample_is_never_judged_or_retried(shard):
     assert rows[0]["verdict"] == "skipped" and rows[0]["gates"] == [] and rows[0]["scores"] == {}
     assert [len(call[2]) for call in generator.calls] == [2, 2]
     assert [row["verdict"] for row in rows[1:]] == ["rejected"] * 2
-    assert stats.counts["generations"] == 4 and sum(shard.done) == 3
+    assert stats.generations == 4 and sum(shard.done) == 3
 
 
 def test_on_error_raise_stops_at_the_first_bad_sample(shard):
@@ -279,8 +279,8 @@ def test_every_failing_gate_of_every_attempt_is_recorded(shard, tmp_path):
         assert "sam_iou 0 <= " in row["detail"] and "consistency_miou" in row["detail"]
         assert row["image_seed"] == derive_seed(7, entry.spec.sample_id, entry.spec.variant, 1)
         assert row["seed"] == entry.spec.seed  # the composition's seed: never recomposed
-    assert stats.counts["dropped_sam_iou_low"] == stats.counts["dropped_consistency_miou_low"] == len(entries)
-    assert stats.counts["attempts_2"] == len(entries)
+    assert stats.dropped["sam_iou_low"] == stats.dropped["consistency_miou_low"] == len(entries)
+    assert stats.attempts[2] == len(entries)
 
 
 def _image_shape(shard: Shard) -> tuple[int, int]:
