@@ -142,8 +142,8 @@ def generate(pipe: StableDiffusionControlNetPipeline, cfg: GeneratorConfig, cond
     All conditioning maps of one call must have the same size. Keyword options (photos,
     photo_masks, report, pad): see `generate_float`.
     """
-    height, width = _check_inputs(cond_maps, prompts, negatives, seeds)
-    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, **options)
+    raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, **options)  # validates the inputs
+    height, width = cond_maps[0].shape[:2]
     return [resize_photo(to_uint8(image), height, width) for image in raw]
 
 
