@@ -77,7 +77,9 @@ CITYSCAPES_BY_NAME = {label.name: label for label in CITYSCAPES_LABELS}
 NUM_TRAIN_CLASSES = 19
 ROAD_LABEL_ID = CITYSCAPES_BY_NAME["road"].id
 
-# The reference's Cityscapes -> ADE20K-150 class mapping; classes absent here are painted black.
+# The reference's Cityscapes -> ADE20K-150 class table, applied by label id: classes absent here are
+# painted black. (The reference applies it by colour, which also paints the other black void classes
+# road; docs/fidelity.md.)
 CITYSCAPES_TO_ADE: dict[str, str] = {
     "ego vehicle": "road",
     "ground": "road",

@@ -37,7 +37,11 @@ REFERENCE_PLACES: tuple[str, ...] = (
 
 
 class PromptConfig(StrictModel):
-    """Prompt vocabulary and probabilities; defaults reproduce the reference exactly."""
+    """Prompt vocabulary and probabilities: the reference's templates, vocabulary and probabilities.
+
+    Two deliberate text differences (docs/fidelity.md): the negative prompt uses ASCII commas where the
+    reference has two full-width ones, and HTML entities such as ``&amp;`` are decoded.
+    """
 
     base_template: str = "An image sampled from various stereo video sequences taken by dash cam."
     domain_template: str = (
@@ -80,7 +84,8 @@ class ComposeConfig(StrictModel):
     road_classes: list[str] = Field(default_factory=lambda: ["road"])  # Cityscapes classes objects stand on
     object_size_px: tuple[int, int] = (200, 500)  # longest side after scaling (reference)
     object_size_mode: Literal["clamp", "uniform"] = "clamp"  # clamp: the reference; uniform: random in range
-    margin_px: int = Field(150, ge=0)  # object centre distance from the border (reference)
+    margin_px: int = Field(150, ge=0)  # distance of the object's anchor (bottom edge centre) from the border;
+    # the reference anchors the centre (docs/fidelity.md)
     margin_min_px: int = Field(10, ge=0)
     margin_step_px: int = Field(10, gt=0)
     objects_per_image: dict[int, float] = Field(default_factory=lambda: {1: 1.0})

@@ -42,7 +42,8 @@ class TrainDataConfig(StrictModel):
     anomaly_source: Literal["bank", "generated"] = "bank"  # bank: ADE20K/folder image + mask; generated:
     # objects cut from accepted generated images with their (SAM) OOD masks, beyond the reference
     bank: str | None = None  # object bank Parquet; None: SOURCE/bank.parquet
-    bank_images: str | None = None  # root of the bank's source images (ADE20K release parent, mask folder)
+    bank_images: str | None = None  # root of the bank's source images (ADE20K release parent, COCO image
+    # folder, mask folder); None: a bank_images/ folder beside the bank file when there is one
     anomaly_scales: list[float] = Field(  # object scale factors, drawn uniformly (reference's ood_scale_array)
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     anomaly_probability: float = Field(1.0, ge=0.0, le=1.0)  # of an original getting an object

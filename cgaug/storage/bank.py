@@ -42,7 +42,8 @@ BANK_SCHEMA = pa.schema([
     pa.field("class_name", pa.string(), nullable=False),  # the name used in prompts
     pa.field("ade_class", pa.string(), nullable=False),  # the ADE20K-150 class whose colour paints it
     pa.field("source", pa.string(), nullable=False),  # ade20k | coco | folder
-    pa.field("source_id", pa.string(), nullable=False),  # image file, annotation id or mask file
+    pa.field("source_id", pa.string(), nullable=False),  # the image file (ADE20K, COCO) or mask file (folder);
+    # COCO banks built before the anomaly mix accepted COCO hold the annotation id here
     pa.field("mask_png", pa.binary(), nullable=False),  # bool mask cropped to its box, PNG
     pa.field("height", pa.int32(), nullable=False),  # crop size
     pa.field("width", pa.int32(), nullable=False),

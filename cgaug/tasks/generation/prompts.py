@@ -1,6 +1,6 @@
 """Prompt sampling: weather, time of day, place and the pasted objects' phrase.
 
-The defaults reproduce the reference: with probability 0.5 the plain
+The defaults follow the reference (docs/fidelity.md): with probability 0.5 the plain
 template, otherwise the domain template with a uniform weather, day (0.7) or
 night (0.3) and a uniform place; then the object phrase and the quality
 suffix, joined by ", " exactly as the reference joins them. All four
