@@ -41,7 +41,8 @@ def build(
         help="Bank file to write (local path or fsspec URI), e.g. bank.parquet.")],
     classes: Annotated[str | None, typer.Option(
         help="Comma-separated classes to keep: ADE20K-150 names (ade20k), COCO names (coco) or sub-folder "
-             "names (folder). Default: the classes Cityscapes lacks (ade20k, coco), all (folder).")] = None,
+             "names (folder). Default: the reference's 82 training OOD classes (ade20k), the classes "
+             "Cityscapes lacks (coco), all (folder).")] = None,
     min_area: Annotated[int | None, typer.Option(
         min=1, help="Smallest object in pixels. Default: 1024 (ade20k, coco), 1 (folder).")] = None,
     class_map: Annotated[Path | None, typer.Option(

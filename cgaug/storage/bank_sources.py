@@ -213,8 +213,8 @@ def build_from_ade20k(root: str | Path, out: str, classes: Sequence[str] | None 
 
     Fine object names map to ADE20K-150 classes by their first synonym, or by
     `class_map` (a JSON file {fine name: ADE20K-150 name or null}) which wins.
-    Only instances of `classes` (default: `default_ood_classes()`, the ADE
-    classes Cityscapes lacks) with at least `min_area` pixels are kept;
+    Only instances of `classes` (default: `default_ood_classes()`, the reference's
+    82 training OOD classes) with at least `min_area` pixels are kept;
     class_name and ade_class are both the ADE20K-150 name.
     """
     root = Path(root)
