@@ -60,6 +60,7 @@ DEFAULT_DATA_ROOT = "/data"  # the shared volume of docker-compose.yml
 SERVER_START_TIMEOUT_S = 120.0
 AUTH_ENV = ("CGAUG_STACK_AUTH", "PREFECT_SERVER_API_AUTH_STRING")  # where `cgaug stack up` looks (resolve_auth)
 WORKER_STOP_TIMEOUT_S = 20.0
+EXEC_SETTLE_S = 5.0  # longest wait for a just-started process's argv (`_proc_read`)
 # Prefect's client waits 2**k s (+-20 % jitter) before retry k, for 429/502/503/408, timeouts and, once
 # it has connected, refused connections. 7 retries wait 2+4+...+128 = 254 s (at least 203 s with
 # jitter) where the default 5 give up after ~62 s: a flow run then outlives a server restart or an
@@ -391,13 +392,32 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _proc_read(pid: int, name: str) -> bytes | None:
+    """/proc/PID/NAME (cmdline, environ) once the process has finished exec; None when it cannot be read.
+
+    Both read empty while a process is inside execve: the kernel installs the new program's memory
+    before it copies argv and environment into it, and `subprocess.Popen` returns inside that window
+    (the child's exec-error pipe closes first), for milliseconds or, on a loaded machine, as long as
+    the child waits for a CPU. Taking that for "another program" would make `up` restart a worker it
+    just started and `down` leave it running, so an empty read of a live process is read again.
+    """
+    path = Path(f"/proc/{pid}/{name}")
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while True:
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        if raw or time.monotonic() >= deadline or not is_alive(pid):  # exiting and kernel threads stay empty
+            return raw
+        time.sleep(0.01)
+
+
 def _cmdline(pid: int) -> list[str] | None:
     """The argv of a running process (None when it is gone or cannot be read)."""
-    proc = Path(f"/proc/{pid}/cmdline")
     if Path("/proc/self").exists():
-        with contextlib.suppress(OSError):
-            return [part.decode(errors="replace") for part in proc.read_bytes().split(b"\0") if part] or None
-        return None
+        raw = _proc_read(pid, "cmdline") or b""
+        return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
     result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
     return result.stdout.split() or None  # no /proc (macOS): good enough to compare with our own argv
 
@@ -424,9 +444,8 @@ def is_ours(pid: int, command: list[str] | None) -> bool:
 
 def _environ(pid: int) -> dict[str, str] | None:
     """The environment a process started with; None where it cannot be read (no /proc, another user)."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
+    raw = _proc_read(pid, "environ")
+    if raw is None:
         return None
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 

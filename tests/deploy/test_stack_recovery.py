@@ -190,6 +190,22 @@ def test_is_ours_matches_a_script_started_through_its_interpreter(tmp_path: Path
         process.wait()
 
 
+def test_a_process_is_ours_as_soon_as_popen_returns() -> None:
+    """Popen returns while the child may still be inside execve, its argv and environment not yet
+    written (/proc reads them empty): `up` must not restart such a worker nor `down` skip it, and a just
+    started flow run must not count as gone. Several tries, since the child is not always that slow."""
+    marker = str(uuid.uuid4())
+    for _ in range(20):
+        process = subprocess.Popen(["sleep", "61"], start_new_session=True,
+                                   env={**os.environ, "PREFECT__FLOW_RUN_ID": marker})
+        try:
+            assert stack.is_ours(process.pid, ["sleep", "61"])
+            assert stack.run_process_alive(marker, str(process.pid))
+        finally:
+            process.kill()
+            process.wait()
+
+
 # --- which flow runs are stranded --------------------------------------------------------------------------
 
 
