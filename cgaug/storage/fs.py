@@ -253,9 +253,13 @@ class Root:
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         self.write_atomic(path, lambda f: f.write(data))
 
-    def write_parquet_atomic(self, path: str, table: pa.Table, **kwargs: Any) -> None:
-        """Write `table` as Parquet (`kwargs` go to `pyarrow.parquet.write_table`), atomically."""
-        self.write_atomic(path, lambda f: pq.write_table(table, f, **kwargs))
+    def write_parquet_atomic(self, path: str, table: pa.Table, *, fault: str | None = None,
+                             shard: int | None = None, **kwargs: Any) -> None:
+        """Write `table` as Parquet (`kwargs` go to `pyarrow.parquet.write_table`), atomically.
+
+        `fault` and `shard` name a test-only kill point (`fault_point`) between write and rename.
+        """
+        self.write_atomic(path, lambda f: pq.write_table(table, f, **kwargs), fault=fault, shard=shard)
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         try:
