@@ -66,7 +66,7 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (Linux), which tells a reused pid apart."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -85,7 +85,7 @@ def host_tag() -> str:
 def process_identity() -> dict[str, object]:
     """Host, pid namespace tag, pid and start time of this process: enough to tell later whether it died."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "host_tag": host_tag(), "pid": pid, "start": _start_ticks(pid)}
+    return {"host": socket.gethostname(), "host_tag": host_tag(), "pid": pid, "start": start_ticks(pid)}
 
 
 def process_alive(tag: object, pid: object, start: object = None) -> bool | None:
@@ -101,7 +101,7 @@ def process_alive(tag: object, pid: object, start: object = None) -> bool | None
         return False
     except PermissionError:
         pass  # exists, owned by another user
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     if ticks == -1:  # a zombie: killed, not yet reaped
         return False
     return not (isinstance(start, int) and ticks is not None and start >= 0 and ticks != start)
