@@ -6,10 +6,12 @@ wires them together and holds the run commands (`generate`, `demo`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -77,10 +79,17 @@ class _NoTraceback(logging.Filter):
         return True
 
 
-def _quiet_tracebacks() -> None:
+@contextlib.contextmanager
+def _quiet_tracebacks(quiet: bool) -> Iterator[None]:
     """Without --debug, a failed run's log keeps one line per failure and ends with one paragraph."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_NoTraceback())
+    handlers, quieter = list(logging.getLogger().handlers) if quiet else [], _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quieter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quieter)
 
 
 def _run_error(error: BaseException) -> tuple[str, int] | None:
@@ -155,10 +164,9 @@ def generate(
     orchestration = Orchestration(in_process=in_process, **({} if claim_ttl is None else {"claim_ttl_s": claim_ttl}))
     try:
         check_inputs(source, out, bank_path, cfg, force=force)  # before Prefect starts: nothing is created
-        if not debug:
-            _quiet_tracebacks()
-        summary = generate_dataset_flow(source=source, out=out, bank=bank_path, config=cfg, progress=progress,
-                                        orchestration=orchestration, force=force)
+        with _quiet_tracebacks(not debug):
+            summary = generate_dataset_flow(source=source, out=out, bank=bank_path, config=cfg,
+                                            progress=progress, orchestration=orchestration, force=force)
     except Exception as error:
         failure = None if debug else _run_error(error)
         if failure is None:
