@@ -7,7 +7,7 @@ import socket
 import subprocess
 from typing import Any
 
-from cgaug.storage.fs import start_ticks, host_tag
+from cgaug.storage.fs import host_tag, start_ticks
 
 
 def dead_owner() -> dict[str, Any]:

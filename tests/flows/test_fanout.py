@@ -80,7 +80,7 @@ def test_gives_up_after_child_attempts(run):
 def test_an_error_no_relaunch_can_fix_ends_the_parent_at_once_with_the_childs_message(run):
     message = ("Flow run encountered an exception: ModelNotFound: generator.model 'x/y' was not found: "
                "not in the Hugging Face cache")
-    with pytest.raises(fanout.ChildFailed, match="ModelNotFound: generator.model 'x/y' was not found") as caught:
+    with pytest.raises(fanout.ChildFailed, match=r"ModelNotFound: generator\.model 'x/y' was not found") as caught:
         run([0, 1], failing={(1, 1)}, message=message, child_attempts=3, shards_per_child=1)
     assert "shards [1]" in str(caught.value)
 

@@ -22,8 +22,8 @@ from cgaug.storage.png import encode_png
 from cgaug.storage.schema import SCHEMA_VERSION, SHARD_SCHEMA, empty_row, scores_column
 from cgaug.storage.shards import (
     INDEX_NAME,
-    Manifest,
     MANIFEST_NAME,
+    Manifest,
     ShardInfo,
     iter_samples,
     read_manifest,
