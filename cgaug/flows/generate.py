@@ -65,7 +65,7 @@ def check_inputs(source: str, out: str, bank: str, config: CGAugConfig, *, force
     try:
         list_sources(source, config.run.split)
     except (OSError, ValueError) as error:
-        raise InputError(f"the source {source} cannot be read: {error}. Point --source at a Cityscapes-format "
+        raise InputError(f"the source cannot be used: {error}. Point --source at a Cityscapes-format "
                          f"root (leftImg8bit/{config.run.split}/... and gtFine/{config.run.split}/...), or "
                          "choose another split (--split).") from error
     try:
@@ -232,7 +232,10 @@ def _produce_in_process(source: str, out: str, bank: str, config: CGAugConfig, o
                 waiting.append(shard)  # theirs for now: no task run per poll
                 continue
             outcome = produce_shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
-            (waiting.append if outcome["status"] == CLAIMED else on_done)(shard)
+            if outcome["status"] == CLAIMED:
+                waiting.append(shard)
+            else:
+                on_done(shard)
         todo = waiting
         if todo:
             if time.monotonic() - said >= 30.0:

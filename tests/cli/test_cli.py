@@ -85,7 +85,8 @@ def test_a_missing_bank_exits_2_before_planning(dataset, tmp_path):
 
 def test_a_missing_source_exits_2_and_leaves_no_output_folder(tmp_path):
     out = tmp_path / "out"
-    _refused(["--source", str(tmp_path / "nosuch")], out, f"the source {tmp_path / 'nosuch'} cannot be read",
+    _refused(["--source", str(tmp_path / "nosuch")], out,
+             f"the source cannot be used: {tmp_path / 'nosuch'}: no Cityscapes split 'train'",
              "Point --source at a Cityscapes-format root")
     assert not out.exists()
 

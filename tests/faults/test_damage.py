@@ -113,3 +113,30 @@ def test_verify_names_the_shards_of_missing_samples(copy_of):
     assert result.exit_code == 1
     assert "incomplete: 2 of 6 planned samples missing (shards shard-00001)" in result.output
     assert debris(out) == []
+
+
+def test_an_in_process_run_waits_for_a_live_producer_instead_of_failing(copy_of, small_source, caplog):
+    import socket
+    import subprocess
+    import threading
+
+    from cgaug.config import Orchestration
+    from cgaug.flows.generate import generate_dataset_flow
+    from cgaug.storage.fs import host_tag, start_ticks
+    from tests.faults.conftest import fault_config
+
+    out = copy_of()
+    (out / "shards" / SHARD).unlink()
+    (out / "manifest.json").unlink()
+    producer = subprocess.Popen(["sleep", "60"])  # alive, on this host: its claim holds
+    owner = {"host": socket.gethostname(), "host_tag": host_tag(), "pid": producer.pid,
+             "start": start_ticks(producer.pid)}
+    try_claim(open_root(str(out)), 1, ttl_s=300, owner=owner)
+    threading.Timer(3.0, lambda: (producer.kill(), producer.wait())).start()  # then it dies mid-shard
+    start = time.monotonic()
+    summary = generate_dataset_flow(source=str(small_source), out=str(out), bank=str(small_source / "bank.parquet"),
+                                    config=fault_config(), orchestration=Orchestration(poll_s=0.2))
+    assert time.monotonic() - start >= 3.0
+    assert summary["complete"] is True and summary["shards_written"] == 1
+    assert "waiting for 1 shards that another live producer is making: shard 00001 claimed by" in caplog.text
+    assert_whole(out)
