@@ -6,13 +6,18 @@ wires them together and holds the run commands (`generate`, `demo`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cgaug.cli._util import self_command
 from cgaug.cli.bank import app as bank_app
@@ -54,6 +59,58 @@ def _generator_overrides(generator: str | None) -> dict:
     return overrides
 
 
+_FIXES = {  # errno of a failed write -> what the person can do about it
+    errno.ENOSPC: ("no space left on the device", "Free space there (or choose another --out) and run the same "
+                   "command again: finished shards are kept and the run resumes where it stopped."),
+    errno.EDQUOT: ("the disk quota is exhausted", "Free space or raise the quota, then run the same command "
+                   "again: finished shards are kept."),
+    errno.EACCES: ("permission denied", "Make the output folder writable for this user, or choose another --out."),
+    errno.EPERM: ("operation not permitted", "Make the output folder writable for this user, or choose another "
+                  "--out."),
+    errno.EROFS: ("the file system is read-only", "Choose an --out on a writable file system."),
+}
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log line's message and drops its traceback (Prefect logs one per failed task and flow)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_tracebacks(quiet: bool) -> Iterator[None]:
+    """Without --debug, a failed run's log keeps one line per failure and ends with one paragraph."""
+    handlers, quieter = list(logging.getLogger().handlers) if quiet else [], _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quieter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quieter)
+
+
+def _run_error(error: BaseException) -> tuple[str, int] | None:
+    """The paragraph and exit code for a run-level failure, or None for an error that is a bug."""
+    from cgaug.flows.fanout import ChildFailed
+    from cgaug.flows.generate import InputError, PlanMismatch, RunIncomplete
+    from cgaug.models.hub import ModelNotFound
+    from cgaug.storage.bank import EmptyBankError
+
+    if isinstance(error, InputError | PlanMismatch | ModelNotFound | EmptyBankError):
+        return str(error), 2
+    if isinstance(error, RunIncomplete | ChildFailed):
+        return str(error), 1
+    if isinstance(error, OSError) and error.errno is not None:
+        cause, fix = _FIXES.get(error.errno, (error.strerror or str(error), "Check the path and run the same "
+                                              "command again: finished shards are kept."))
+        where = error.filename or "a file of the run"
+        return f"could not write {where}: {cause}. {fix}", 1
+    return None
+
+
 @app.command()
 def generate(
     source: Annotated[str, typer.Option("--source", help="Cityscapes-format root (path or fsspec URI).")],
@@ -77,10 +134,22 @@ def generate(
         "--in-process/--fan-out", help="Produce shards in this process, or as cgaug-shard child runs on the "
                                        "GPU pool of the Prefect server at PREFECT_API_URL (workers needed; "
                                        "`cgaug stack up` starts them).")] = True,
+    claim_ttl: Annotated[float | None, typer.Option(
+        "--claim-ttl", min=0.001, help="Seconds without a heartbeat after which another host's claim on a shard "
+                                       "counts as abandoned [default: 300]; claims of dead processes on this "
+                                       "host are broken at once.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Write into a non-empty --out folder that is not a cgaug output.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks of failures (default: one paragraph with the cause and the fix).")] = False,
 ) -> None:
-    """Run the `cgaug` flow: plan, compose, prompt, generate, [filter,] write shards, index."""
+    """Run the `cgaug` flow: plan, compose, prompt, generate, [filter,] write shards, index.
+
+    Exit codes: 0 done and complete, 1 the run failed or ended incomplete (a rerun resumes it),
+    2 an input is unusable (nothing was created).
+    """
     from cgaug.config import Orchestration
-    from cgaug.flows.generate import generate_dataset_flow
+    from cgaug.flows.generate import check_inputs, generate_dataset_flow
 
     try:
         cfg = load_config(config, overrides={
@@ -92,8 +161,18 @@ def generate(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     bank_path = bank or f"{source.rstrip('/')}/bank.parquet"
-    summary = generate_dataset_flow(source=source, out=out, bank=bank_path, config=cfg, progress=progress,
-                                    orchestration=Orchestration(in_process=in_process))
+    orchestration = Orchestration(in_process=in_process, **({} if claim_ttl is None else {"claim_ttl_s": claim_ttl}))
+    try:
+        check_inputs(source, out, bank_path, cfg, force=force)  # before Prefect starts: nothing is created
+        with _quiet_tracebacks(not debug):
+            summary = generate_dataset_flow(source=source, out=out, bank=bank_path, config=cfg,
+                                            progress=progress, orchestration=orchestration, force=force)
+    except Exception as error:
+        failure = None if debug else _run_error(error)
+        if failure is None:
+            raise
+        console.print(f"[red]error:[/red] {escape(failure[0])}", soft_wrap=True, highlight=False)
+        raise typer.Exit(failure[1]) from None
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -7,7 +7,10 @@ attempt, so a retried parent or a re-sent request never duplicates a child),
 then polls their states. Shards still missing after a round — their child
 failed, crashed or was given up — are launched again, at most
 `child_attempts` times each. Shards that another live producer has claimed
-are waited for (up to a claim TTL), not duplicated.
+are waited for (up to a claim TTL), not duplicated. A child that failed with
+an error no retry can fix (a model that is not there, settings that do not
+match the output) ends the parent at once with the child's message
+(`ChildFailed`) instead of being launched again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,27 @@ from uuid import UUID
 from cgaug.config import Orchestration
 
 MAX_AUTO_SHARDS_PER_CHILD = 64  # auto grouping: at most this many shards per child (retry and balance unit)
+
+# Exceptions of a child that a relaunch cannot fix: the same inputs fail the same way on any worker.
+PERMANENT_ERRORS = frozenset({"ModelNotFound", "CheckpointNotFound", "CheckpointError", "PlanMismatch",
+                              "ConfigError", "InputError", "EmptyBankError", "ValidationError"})
+_EXCEPTION_PREFIX = "encountered an exception: "
+
+
+class ChildFailed(RuntimeError):
+    """A child run failed with an error that no relaunch can fix; the message is the child's."""
+
+
+def permanent_error(message: str | None) -> str | None:
+    """The child's error when its final state message names one of `PERMANENT_ERRORS`, else None.
+
+    Prefect words a flow run's failure as "Flow run encountered an exception: Name: message".
+    """
+    if not message or _EXCEPTION_PREFIX not in message:
+        return None
+    error = message.split(_EXCEPTION_PREFIX, 1)[1]
+    name = error.split(":", 1)[0].strip().rsplit(".", 1)[-1]
+    return error if name in PERMANENT_ERRORS else None
 
 
 def groups_of(shards: list[int], size: int) -> list[list[int]]:
@@ -58,8 +82,10 @@ def launch_child(deployment: str, parameters: dict[str, Any], group: list[int], 
     return run.id
 
 
-def wait_children(ids: list[UUID], poll_s: float, timeout_s: float | None) -> Iterator[tuple[UUID, str]]:
-    """Yield (child id, final state name) as children finish; 'TimedOut' for those still running at the end."""
+def wait_children(ids: list[UUID], poll_s: float, timeout_s: float | None
+                  ) -> Iterator[tuple[UUID, str, str | None]]:
+    """Yield (child id, final state name, its message) as children finish; 'TimedOut' for those still
+    running at the end."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -71,10 +97,10 @@ def wait_children(ids: list[UUID], poll_s: float, timeout_s: float | None) -> It
             for run in runs:
                 if run.state is not None and run.state.is_final():
                     pending.discard(run.id)
-                    yield run.id, run.state.name
+                    yield run.id, run.state.name, run.state.message
             if pending and deadline is not None and time.monotonic() > deadline:
                 for run_id in sorted(pending):
-                    yield run_id, "TimedOut"
+                    yield run_id, "TimedOut", None
                 return
             if pending:
                 time.sleep(poll_s)
@@ -90,6 +116,9 @@ def fan_out(todo: list[int], orch: Orchestration, parameters: dict[str, Any], pa
     sweeps `todo` once more at the end for shards finished by other producers), and
     `wait_for_claims(shards)` blocks while other live producers hold claims on shards about to be
     launched again.
+
+    Raises:
+        ChildFailed: a child failed with an error no relaunch can fix (see `permanent_error`).
     """
     remaining = list(todo)
     for attempt in range(1, orch.child_attempts + 1):
@@ -104,12 +133,17 @@ def fan_out(todo: list[int], orch: Orchestration, parameters: dict[str, Any], pa
         for batch in groups_of(list(range(len(groups))), orch.max_children):
             children = {launch_child(orch.shard_deployment, parameters, groups[i],
                                      child_key(parent, run_count, groups[i], attempt)): groups[i] for i in batch}
-            for run_id, state in wait_children(list(children), orch.poll_s, orch.child_timeout_s):
+            for run_id, state, message in wait_children(list(children), orch.poll_s, orch.child_timeout_s):
                 for shard in children[run_id]:
                     if is_done(shard):
                         on_done(shard)
                 if state != "Completed":
-                    failed.append(f"shards {children[run_id]} child {run_id} ended {state}")
+                    error = permanent_error(message)
+                    if error is not None:
+                        raise ChildFailed(f"child run {run_id} (shards {children[run_id]}) failed with an error "
+                                          f"a relaunch cannot fix: {error}")
+                    failed.append(f"shards {children[run_id]} child {run_id} ended {state}"
+                                  + (f": {message}" if message else ""))
         remaining = [s for s in remaining if not is_done(s)]
         for note in failed:
             log(f"attempt {attempt}: {note}")

@@ -6,26 +6,117 @@ Shards run either in this process (`cgaug.config.Orchestration.in_process`,
 the local CLI) or as `cgaug-shard` child runs on the GPU pool (`cgaug.flows.fanout`);
 either way a shard that exists and validates is skipped, so a scheduled run
 with the same parameters only does what is missing.
+
+Failure model: inputs are validated at the boundary (`check_inputs`, before
+anything is planned or created; `InputError`). A run starts by repairing what an
+earlier run left behind (`cgaug.storage.recovery`: debris swept, damaged shards
+set aside into ``OUT/quarantine/`` and redone, lost reports rebuilt). A shard
+that a live producer holds is waited for, never failed. A run that ends with
+planned samples missing says so in one line, in the run summary and in the
+manifest, and raises `RunIncomplete`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from cgaug.config import CGAugConfig, Orchestration
-from cgaug.flows.fanout import fan_out
-from cgaug.flows.shard import produce_shard_task
+from cgaug.flows.fanout import ChildFailed, fan_out
+from cgaug.flows.shard import produce_shard_task, producer_identity
+from cgaug.models.hub import TINY, ModelNotFound, is_hub_id, locate, not_found_message
 from cgaug.storage.fs import open_root
-from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE, SHARD_SUFFIX, SHARDS_DIR
+from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE
 from cgaug.storage.plan import PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
+from cgaug.tasks.generation.compose import bank_class_filter, usable_classes
 from cgaug.tasks.generation.plan import extend_plan, shards_of
-from cgaug.tasks.generation.produce import CLAIMED
+from cgaug.tasks.generation.produce import CLAIMED, open_bank
 
-__all__ = ["PlanMismatch", "generate_dataset_flow", "plan_run"]
+__all__ = ["InputError", "PlanMismatch", "RunIncomplete", "check_inputs", "generate_dataset_flow", "plan_run"]
+
+OUTPUT_MARKERS = (CONFIG_FILE, PLAN_FILE, MANIFEST_NAME)  # any of them: the folder is a cgaug output
+
+
+class InputError(ValueError):
+    """An input the run cannot start with (source, bank, model, output folder); the message says the fix."""
+
+
+class RunIncomplete(RuntimeError):
+    """The run ended with planned samples missing; what exists is indexed, a rerun completes it."""
+
+
+def check_inputs(source: str, out: str, bank: str, config: CGAugConfig, *, force: bool = False) -> None:
+    """Validate every input before anything is planned or created.
+
+    Raises:
+        InputError: the source has no readable split, the bank is missing, unreadable, not a
+            bank, without a usable mask or without the configured classes, a model reference
+            names nothing, or `out` is a non-empty folder that is not a cgaug output (unless
+            `force`) or cannot be written; the message names the path, the cause and the fix.
+    """
+    from cgaug.storage.cityscapes import list_sources
+
+    try:
+        list_sources(source, config.run.split)
+    except (OSError, ValueError) as error:
+        raise InputError(f"the source cannot be used: {error}. Point --source at a Cityscapes-format "
+                         f"root (leftImg8bit/{config.run.split}/... and gtFine/{config.run.split}/...), or "
+                         "choose another split (--split).") from error
+    try:
+        usable_classes(open_bank(bank, bank_class_filter(config.compose)), config.compose)
+    except (OSError, ValueError) as error:  # EmptyBankError and every refusal of a bad file are ValueErrors
+        raise InputError(f"the object bank cannot be used: {error}. Build one with `cgaug bank build MASKS "
+                         "--from folder --out BANK` (or from ADE20K/COCO) and pass it with --bank.") from error
+    _check_models(config)
+    _check_out(out, force)
+
+
+def _check_models(config: CGAugConfig) -> None:
+    gen = config.generator
+    references = [(gen.model, "generator.model", "model_index.json"), (gen.controlnet, "generator.controlnet",
+                                                                       "config.json"),
+                  (gen.photo_controlnet, "generator.photo_controlnet", "config.json")]
+    for name, field, marker in references:
+        if not name or name == TINY:
+            continue
+        try:
+            ref, local = locate(name, field, marker=marker)
+        except ModelNotFound as error:
+            raise InputError(str(error)) from error
+        if not local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(ref, marker):
+            raise InputError(not_found_message(name, field, "not in the Hugging Face cache"))
+
+
+def _in_hub_cache(repo: str, marker: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return is_hub_id(repo) and isinstance(try_to_load_from_cache(repo, marker), str)
+
+
+def _check_out(out: str, force: bool) -> None:
+    """A local `out` must be empty, a cgaug output, or `force`d, and writable (its nearest existing folder)."""
+    if "://" in out and not out.startswith("file://"):
+        return
+    path = Path(out.removeprefix("file://")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {path} is a file; expected a folder for the dataset. Choose another --out.")
+    if path.is_dir() and not force and any(path.iterdir()) and not any(
+            (path / marker).exists() for marker in OUTPUT_MARKERS):
+        raise InputError(f"--out {path} is a non-empty folder that is not a cgaug output (it has no "
+                         f"{CONFIG_FILE}); writing there would mix the dataset with its files. Choose an empty "
+                         "or new folder, or pass --force to write there anyway.")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {path}: permission denied ({existing} is not writable for this user). Choose "
+                         "a folder you can write to, or change its permissions.")
 
 
 def _relative(root: str, path: str) -> str:
@@ -60,11 +151,15 @@ def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> tuple[lis
     return plan, len(plan) - len(existing)
 
 
+def _planned_ids(plan: list[PlanEntry]) -> dict[int, list[str]]:
+    return {shard: [e.spec.sample_id for e in entries] for shard, entries in shards_of(plan).items()}
+
+
 def _shard_is_complete(out: str, plan: list[PlanEntry]):
     from cgaug.storage.shards import shard_complete
 
     root = open_root(out)
-    ids = {shard: [e.spec.sample_id for e in entries] for shard, entries in shards_of(plan).items()}
+    ids = _planned_ids(plan)
     return lambda shard: shard_complete(root, shard, ids[shard])
 
 
@@ -79,13 +174,21 @@ def index_dataset(out: str, source: str, bank: str, config: CGAugConfig) -> dict
 
 
 @task(name="plan")
-def plan_task(source: str, out: str, bank: str, config: CGAugConfig) -> dict[str, Any]:
+def plan_task(source: str, out: str, bank: str, config: CGAugConfig, claim_ttl_s: float = 300.0
+              ) -> dict[str, Any]:
+    from cgaug.storage.recovery import recover
+
+    logger = get_run_logger()
     plan, added = plan_run(source, out, bank, config)
+    repair = recover(open_root(out), claim_ttl_s, _planned_ids(plan), producer_identity())
+    for note in repair.notes():
+        logger.warning("resume: %s", note)
     is_complete = _shard_is_complete(out, plan)
     pending = [shard for shard in shards_of(plan) if not is_complete(shard)]
-    get_run_logger().info("plan: %d samples in %d shards (%d new samples), %d shards to do", len(plan),
-                          len(shards_of(plan)), added, len(pending))
-    return {"samples": len(plan), "shards": len(shards_of(plan)), "new_samples": added, "pending": pending}
+    logger.info("plan: %d samples in %d shards (%d new samples), %d shards to do", len(plan),
+                len(shards_of(plan)), added, len(pending))
+    return {"samples": len(plan), "shards": len(shards_of(plan)), "new_samples": added, "pending": pending,
+            "repairs": repair.notes(), "index_current": repair.index_current}
 
 
 @task(name="index")
@@ -104,7 +207,7 @@ def _wait_for_claims(out: str, orch: Orchestration):
     def wait(shards: list[int]) -> None:
         deadline = time.monotonic() + orch.claim_ttl_s + orch.poll_s
         while time.monotonic() < deadline:
-            live = [s for s in shards if (c := read_claim(root, s)) is not None and not c.stale()]
+            live = [s for s in shards if (c := read_claim(root, s)) is not None and not c.dead()]
             if not live:
                 return
             time.sleep(orch.poll_s)
@@ -112,34 +215,72 @@ def _wait_for_claims(out: str, orch: Orchestration):
     return wait
 
 
+def _produce_in_process(source: str, out: str, bank: str, config: CGAugConfig, orch: Orchestration,
+                        pending: list[int], on_done: Callable[[int], None]) -> None:
+    """Produce `pending` here. A shard that another live producer holds is waited for, with a progress
+    line, and then found complete, or taken over once that producer dies or gives it up unfinished."""
+    from cgaug.storage.claims import read_claim
+
+    logger = get_run_logger()
+    root = open_root(out)
+    todo, said = list(pending), 0.0
+    while todo:
+        waiting = []
+        for shard in todo:
+            claim = read_claim(root, shard)
+            if claim is not None and not claim.dead():
+                waiting.append(shard)  # theirs for now: no task run per poll
+                continue
+            outcome = produce_shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
+            if outcome["status"] == CLAIMED:
+                waiting.append(shard)
+            else:
+                on_done(shard)
+        todo = waiting
+        if todo:
+            if time.monotonic() - said >= 30.0:
+                holders = [f"shard {s:05d} {c.describe()}" for s in todo[:3] if (c := read_claim(root, s))]
+                logger.info("waiting for %d shards that another live producer is making: %s", len(todo),
+                            "; ".join(holders) or "claims just released")
+                said = time.monotonic()
+            time.sleep(orch.poll_s)
+
+
 @flow(name="cgaug")
 def generate_dataset_flow(source: str, out: str, bank: str, config: CGAugConfig | None = None,
-          orchestration: Orchestration | None = None, progress: bool = False) -> dict[str, Any]:
+          orchestration: Orchestration | None = None, progress: bool = False, force: bool = False) -> dict[str, Any]:
     """Generate (or complete) the augmented dataset `out` from a Cityscapes-format `source`.
 
     Args:
         source: Cityscapes-format root (local path or fsspec URI; the same path on every worker).
-        out: output root (local path or fsspec URI); re-running resumes it.
+        out: output root (local path or fsspec URI); re-running resumes and repairs it.
         bank: object bank Parquet file.
         config: the configuration tree; defaults when omitted.
-        orchestration: in-process or fan-out to the GPU pool, retries, quality floor.
+        orchestration: in-process or fan-out to the GPU pool, retries, claim TTL, quality floor.
         progress: show a progress bar on stderr (local runs).
+        force: write into a non-empty local folder that is not a cgaug output.
+
+    Raises:
+        InputError: an input is unusable (nothing is planned or created).
+        RunIncomplete: planned samples are still missing at the end (what exists is indexed).
     """
     from prefect.runtime import flow_run
     from tqdm import tqdm
 
     from cgaug.flows.monitor import Progress, emit_shard_events, publish_run_summary
     from cgaug.storage.reports import read_report
+    from cgaug.storage.shards import incomplete_message
     from cgaug.tasks.generation.quality import is_low_quality, run_summary_markdown
 
     config = config or CGAugConfig()
     orch = orchestration or Orchestration()
     logger = get_run_logger()
-    plan = plan_task(source, out, bank, config)
+    check_inputs(source, out, bank, config, force=force)
+    plan = plan_task(source, out, bank, config, orch.claim_ttl_s)
     root = open_root(out)
     is_complete = _shard_is_complete(out, load_plan(out))
     tracker = Progress(len(plan["pending"]), out)
-    qualities, written, notes = [], [], []
+    qualities, written, notes = [], [], list(plan["repairs"])
     bar = tqdm(total=len(plan["pending"]), unit="shard", disable=not progress, desc="cgaug")
 
     def on_done(shard: int) -> None:
@@ -155,53 +296,50 @@ def generate_dataset_flow(source: str, out: str, bank: str, config: CGAugConfig 
         tracker.advance()
         bar.update(1)
 
+    failure = None
     if orch.in_process:
-        claimed = []
-        for shard in plan["pending"]:
-            outcome = produce_shard_task(source, out, bank, config, shard, orch.claim_ttl_s, orch.quality_floor)
-            if outcome["status"] == CLAIMED:
-                notes.append(f"shard {shard:05d} skipped: {outcome['detail']}")
-                claimed.append(shard)
-            else:
-                on_done(shard)
-        missing = [s for s in claimed if not is_complete(s)]
+        _produce_in_process(source, out, bank, config, orch, plan["pending"], on_done)
     else:
         parameters = {"source": source, "out": out, "bank": bank, "config": config.model_dump(mode="json"),
                       "claim_ttl_s": orch.claim_ttl_s, "quality_floor": orch.quality_floor}
-        missing = fan_out(plan["pending"], orch, parameters, str(flow_run.get_id()), flow_run.get_run_count(),
-                          is_complete, on_done, _wait_for_claims(out, orch), notes.append)
+        try:
+            fan_out(plan["pending"], orch, parameters, str(flow_run.get_id()), flow_run.get_run_count(),
+                              is_complete, on_done, _wait_for_claims(out, orch), notes.append)
+        except ChildFailed as error:
+            failure = str(error)
+            notes.append(failure)
         for shard in plan["pending"]:
-            if shard not in missing:
+            if is_complete(shard):
                 on_done(shard)
     bar.close()
-    for note in notes:
+    for note in notes[len(plan["repairs"]):]:
         logger.warning(note)
-    manifest = index_task(out, source, bank, config) if written or not _manifest_current(out) else json.loads(
-        root.read_bytes(MANIFEST_NAME))
+    current = plan["index_current"] and not written
+    manifest = json.loads(root.read_bytes(MANIFEST_NAME)) if current else index_task(out, source, bank, config)
     skipped = plan["shards"] - len(plan["pending"])
     if plan["new_samples"]:
         notes.insert(0, f"{plan['new_samples']} new samples planned (new source images or variants)")
     if not plan["pending"]:
         notes.insert(0, "nothing to do: every planned shard was already complete")
-    if missing:
-        notes.append(f"{len(missing)} shards could not be produced: {missing[:50]}")
+    gaps = manifest.get("plan") or {}
+    incomplete = manifest.get("complete") is False
+    if incomplete:
+        line = f"{incomplete_message(gaps['missing'], gaps['samples'], gaps['missing_shards'])} in {out}"
+        notes.append(line + "; run the same command again to complete it")
+        logger.error(line)
     publish_run_summary(run_summary_markdown(
         out, sorted(qualities, key=lambda q: q.shard), samples=plan["samples"], shards=plan["shards"],
         skipped=skipped, written=sorted(written), floor=orch.quality_floor, counts=manifest.get("counts", {}),
         notes=notes), out)
     summary = {"out": out, "samples": plan["samples"], "shards": plan["shards"], "new_samples": plan["new_samples"],
-               "shards_written": len(written), "shards_missing": missing, "counts": manifest.get("counts", {})}
+               "shards_written": len(written), "shards_missing": gaps.get("missing_shards", []),
+               "complete": manifest.get("complete"), "counts": manifest.get("counts", {})}
     logger.info("done: %s", summary)
-    if missing:
-        raise RuntimeError(f"{len(missing)} shards of {out} are still missing after "
-                           f"{orch.child_attempts} attempts: {missing[:50]} (see the run summary)")
+    if failure is not None:
+        raise ChildFailed(failure)
+    if incomplete:
+        attempts = "" if orch.in_process else f" after {orch.child_attempts} launches per shard"
+        raise RunIncomplete(f"{incomplete_message(gaps['missing'], gaps['samples'], gaps['missing_shards'])} "
+                            f"in {out}{attempts}. What exists is indexed; run the same command again to "
+                            "produce the rest (the run summary and the log say why they are missing).")
     return summary
-
-
-def _manifest_current(out: str) -> bool:
-    """True when manifest.json lists exactly the shards on disk (nothing written since)."""
-    root = open_root(out)
-    if not root.exists(MANIFEST_NAME):
-        return False
-    listed = {s["name"] for s in json.loads(root.read_bytes(MANIFEST_NAME)).get("shards", [])}
-    return listed == set(root.list(SHARDS_DIR, SHARD_SUFFIX))

@@ -10,7 +10,6 @@ publishes the shard's quality table (`cgaug-shard-quality` artifact) and preview
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -18,13 +17,15 @@ from prefect.runtime import flow_run
 
 from cgaug.config import CGAugConfig
 from cgaug.flows.monitor import publish_shard_preview, publish_shard_quality
+from cgaug.storage.fs import process_identity
 from cgaug.storage.plan import check_config
 from cgaug.tasks.generation.produce import DEFAULT_CLAIM_TTL_S, WRITTEN, produce_claimed_shard
 
 
 def producer_identity() -> dict[str, Any]:
-    """Who produces a shard: host, process, and the Prefect flow run / worker when there is one."""
-    identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who produces a shard: host, process (enough to tell later whether it died), and the Prefect flow
+    run / worker when there is one."""
+    identity: dict[str, Any] = dict(process_identity())
     run_id = flow_run.get_id()
     if run_id:
         identity["flow_run"] = str(run_id)

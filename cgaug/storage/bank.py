@@ -245,7 +245,26 @@ class ObjectBank:
             raise EmptyBankError(f"{path}: the object bank has no objects")
         if classes is not None:
             table = _filter_classes(path, table, classes)
-        return cls(path, table, builder)
+        bank = cls(path, table, builder)
+        bank._check_usable()
+        return bank
+
+    def _check_usable(self) -> None:
+        """Refuse a bank in which no mask has a pixel: every paste would fail, and be blamed on the road.
+
+        Masks are decoded only until the first non-empty one (the first, in any real bank).
+        """
+        for i, area in enumerate(self._meta["area"]):
+            if area > 0:
+                try:
+                    if self.mask(i).any():
+                        return
+                except ValueError:
+                    continue  # an unreadable mask is not a usable one
+        raise EmptyBankError(
+            f"{self.path}: none of the {len(self)} objects has a usable mask (every mask is empty or "
+            "unreadable), so nothing could be pasted; rebuild the bank from masks with foreground pixels "
+            "(`cgaug bank build`)")
 
     def __len__(self) -> int:
         return len(self._meta["object_id"])

@@ -14,7 +14,8 @@ joins them)::
     OUT/claims/shard-00007.json            who is producing a shard right now
     OUT/reports/shard-00007.json           the producer's statistics record of a shard
     OUT/journal/shard-00007.<token>.json   one entry per shard commit (audit trail)
-    OUT/quarantine/                        shards set aside as invalid (reserved)
+    OUT/quarantine/<batch>/shards/...      files set aside as damaged by a resuming run, never deleted
+    OUT/quarantine/<batch>/reasons.json    why each file of the batch was set aside
     OUT/calibration/<gate>.png             `cgaug filter calibrate` plots (default folder)
 
 A training run directory has its own layout (`cgaug.tasks.training.loop`);
@@ -66,3 +67,13 @@ def report_name(shard_id: int) -> str:
 def journal_name(shard_id: int, token: str) -> str:
     """One journal entry of a shard commit; the token keeps entries of repeated commits apart."""
     return f"{JOURNAL_DIR}/{shard_label(shard_id)}.{token}.json"
+
+
+def quarantine_name(batch: str, path: str) -> str:
+    """Where a damaged file is set aside, keeping its root-relative path: ``quarantine/<batch>/<path>``."""
+    return f"{QUARANTINE_DIR}/{batch}/{path}"
+
+
+def quarantine_reasons(batch: str) -> str:
+    """The record of why each file of a quarantine batch was set aside."""
+    return f"{QUARANTINE_DIR}/{batch}/reasons.json"

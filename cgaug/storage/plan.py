@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from cgaug.config import CGAugConfig
 from cgaug.records import SampleSpec, SourceRecord
-from cgaug.storage.fs import open_root
+from cgaug.storage.fs import Root, open_root
 from cgaug.storage.layout import CONFIG_FILE, PLAN_FILE
 
 PLAN_SCHEMA = pa.schema([
@@ -72,6 +72,21 @@ def load_plan(out: str) -> list[PlanEntry]:
     """The plan of `out`; empty when nothing was planned there yet."""
     root = open_root(out)
     return plan_from_table(root.read_parquet(PLAN_FILE)) if root.exists(PLAN_FILE) else []
+
+
+def planned_samples(root: Root) -> dict[str, int] | None:
+    """{sample id: shard} of the plan next to the shards, or None when the root has no plan.
+
+    Raises:
+        ValueError: plan.parquet is unreadable.
+    """
+    if not root.exists(PLAN_FILE):
+        return None
+    try:
+        table = root.read_parquet(PLAN_FILE, columns=["sample_id", "shard"])
+    except (OSError, pa.ArrowException, KeyError) as error:
+        raise ValueError(f"{root.uri(PLAN_FILE)}: not a readable plan ({error})") from error
+    return dict(zip(table.column("sample_id").to_pylist(), table.column("shard").to_pylist(), strict=True))
 
 
 def write_plan(out: str, plan: list[PlanEntry]) -> None:

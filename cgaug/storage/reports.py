@@ -8,6 +8,11 @@ audit) can read what a child run did without Prefect result storage. The
 shard itself stays the source of truth: a missing or damaged report, or one
 of the old schema (written before reports kept gate scores), is rebuilt from
 the shard's metadata (keeping the old report's timing and producer).
+
+The report and the journal entry record the shard file's sha256, so a later
+run can tell a committed shard from a damaged one by hashing it
+(`cgaug.storage.recovery`); a crash between a shard's commit and its report
+is repaired by `write_report(..., recovered=True)` from the shard's own contents.
 """
 
 from __future__ import annotations
@@ -46,11 +51,19 @@ class ShardQuality:
         return cls(int(data["shard"]), GenerationStats.from_dict(data))
 
 
-def write_report(root: Root, quality: ShardQuality, producer: dict[str, Any]) -> None:
-    """Write the report, and append the write to the journal (one new file per shard commit)."""
-    data = quality.to_dict() | {"producer": producer}
-    root.write_bytes_atomic(report_name(quality.shard), json.dumps(data, indent=2).encode() + b"\n")
-    entry = {"shard": quality.shard, "rows": quality.stats.rows, "at": time.time(), "producer": producer}
+def write_report(root: Root, quality: ShardQuality, producer: dict[str, Any], *, report: bool = True,
+                 recovered: bool = False) -> None:
+    """Write the report, and append the write to the journal (one new file per shard commit).
+
+    Both record the shard file's sha256 and size. `report=False` writes the journal entry only
+    (a report survived the crash); `recovered` marks records rebuilt by a later run.
+    """
+    name = shard_name(quality.shard)
+    digest = {"sha256": root.sha256(name), "bytes": root.size(name)} | ({"recovered": True} if recovered else {})
+    if report:
+        data = quality.to_dict() | {"producer": producer} | digest
+        root.write_bytes_atomic(report_name(quality.shard), json.dumps(data, indent=2).encode() + b"\n")
+    entry = {"shard": quality.shard, "rows": quality.stats.rows, "at": time.time(), "producer": producer} | digest
     root.write_bytes_atomic(journal_name(quality.shard, uuid.uuid4().hex), json.dumps(entry).encode())
 
 
@@ -58,8 +71,11 @@ def journal(root: Root) -> dict[int, list[dict[str, Any]]]:
     """Every recorded shard commit, by shard: the audit trail of who wrote what, and how often."""
     writes: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for name in root.list(JOURNAL_DIR, ".json"):
-        entry = json.loads(root.read_bytes(name))
-        writes[int(entry["shard"])].append(entry)
+        try:
+            entry = json.loads(root.read_bytes(name))
+            writes[int(entry["shard"])].append(entry)
+        except (ValueError, TypeError, KeyError):
+            continue  # an unreadable entry records nothing; the shards stay the truth
     return {shard: sorted(entries, key=lambda e: e["at"]) for shard, entries in sorted(writes.items())}
 
 

@@ -10,9 +10,10 @@ Commit protocol: a shard is written under a temporary name and renamed, and a
 shard that exists and validates is never rewritten, so a retried or resumed
 shard task cannot destroy finished work. `write_index` removes the old
 manifest before rebuilding and writes the new one last, so a manifest on disk
-always describes the shards and index next to it; its presence marks the
-dataset as complete. Other files in the root (plan.parquet, config.json) are
-the caller's and are ignored here.
+always describes the shards and index next to it. Whether the dataset is
+complete is a comparison with the plan (``OUT/plan.parquet``, when there is
+one): the manifest records it (``complete``, ``plan``) and `verify` checks it,
+so a dataset with planned samples missing never passes as whole.
 
 manifest.json::
 
@@ -20,6 +21,7 @@ manifest.json::
      "shards": [{"name": "shards/shard-00000.parquet", "rows": 3, "sha256": "...", "bytes": 29187}],
      "total_rows": 3, "counts": {"skipped": 1, "unfiltered": 2},
      "index": {"name": "index.parquet", "rows": 3, "sha256": "..."},
+     "complete": true, "plan": {"samples": 3, "missing": 0, "missing_shards": []},
      ...the caller's keys: config, config_fingerprint, source, bank, generator...}
 """
 
@@ -37,8 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cgaug.storage.fs import Root
-from cgaug.storage.layout import INDEX_NAME, MANIFEST_NAME, SHARD_SUFFIX, SHARDS_DIR, shard_name
+from cgaug.storage.fs import Root, fault_point
+from cgaug.storage.layout import INDEX_NAME, MANIFEST_NAME, SHARD_SUFFIX, SHARDS_DIR, shard_label, shard_name
+from cgaug.storage.plan import planned_samples
 from cgaug.storage.png import decode_png
 from cgaug.storage.schema import (
     BLOB_COLUMNS,
@@ -47,6 +50,7 @@ from cgaug.storage.schema import (
     LEGACY_VERSIONS,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
+    VERDICT_REJECTED,
     VERDICT_SKIPPED,
     legacy_schema,
     scores_column,
@@ -61,6 +65,7 @@ CORE_BLOBS = ("image_png", "label_png", "cond_png", "ood_mask_png")
 META_COLUMNS = tuple(name for name in SHARD_SCHEMA.names if name not in BLOB_COLUMNS)
 _COLOR_BLOBS = ("image_png", "cond_png")
 _MANIFEST_KEYS = ("schema_version", "created_at", "shards", "total_rows", "counts", "index")
+_OPTIONAL_KEYS = ("complete", "plan")  # written since manifests record completeness; absent in older ones
 _READ_ERRORS = (OSError, pa.ArrowException)
 
 
@@ -85,6 +90,8 @@ class Manifest:
     counts: dict[str, int]  # rows by verdict
     index: dict[str, Any]  # {name, rows, sha256}
     extra: dict[str, Any] = field(default_factory=dict)
+    complete: bool | None = None  # every planned sample present; None: no plan to compare with
+    plan: dict[str, Any] | None = None  # {samples, missing, missing_shards}
 
     def to_dict(self) -> dict[str, Any]:
         core = {
@@ -95,6 +102,8 @@ class Manifest:
             "counts": self.counts,
             "index": self.index,
         }
+        if self.complete is not None:
+            core |= {"complete": self.complete, "plan": self.plan}
         return core | self.extra
 
     @classmethod
@@ -107,9 +116,9 @@ class Manifest:
         except TypeError as error:
             raise ValueError(f"{source}: a 'shards' entry is malformed ({error}); expected objects with "
                              "name, rows, sha256 and bytes") from None
-        extra = {key: value for key, value in data.items() if key not in _MANIFEST_KEYS}
+        extra = {key: value for key, value in data.items() if key not in _MANIFEST_KEYS + _OPTIONAL_KEYS}
         return cls(data["schema_version"], data["created_at"], shards, data["total_rows"],
-                   dict(data["counts"]), dict(data["index"]), extra)
+                   dict(data["counts"]), dict(data["index"]), extra, data.get("complete"), data.get("plan"))
 
 
 # --- writing -----------------------------------------------------------------------------------------
@@ -131,7 +140,9 @@ def write_shard(root: Root, shard_id: int, rows: list[dict[str, Any]]) -> ShardI
         _check_same_samples(root, existing, [row["sample_id"] for row in rows])
         return existing
     table = _to_table(rows, name)
-    root.write_parquet_atomic(name, table, row_group_size=ROW_GROUP_SIZE)
+    root.write_parquet_atomic(name, table, row_group_size=ROW_GROUP_SIZE, fault="while_writing",
+                              shard=int(shard_id))
+    fault_point("after_commit", int(shard_id))
     return ShardInfo(name, table.num_rows, root.sha256(name), root.size(name))
 
 
@@ -151,6 +162,27 @@ def shard_complete(root: Root, shard_id: int, expected_sample_ids: list[str]) ->
     return len(found) == len(expected_sample_ids) and set(found) == set(expected_sample_ids)
 
 
+def shard_problems(root: Root, name: str, expected_sample_ids: list[str] | None = None) -> list[str]:
+    """Every way a shard file fails, reading it whole: schema, sample ids, and each PNG's decodability.
+
+    The check for a shard whose hash no record knows (a commit whose report and journal entry
+    were lost to a crash), before it is trusted again. An empty list means it is sound.
+    """
+    uri = root.uri(name)
+    try:
+        with root.open_input(name) as f:
+            parquet = pq.ParquetFile(f)
+            problems = _schema_problems(parquet.schema_arrow, SHARD_SCHEMA, uri)
+            if problems:
+                return problems
+            found = parquet.read(columns=["sample_id"]).column(0).to_pylist()
+            if expected_sample_ids is not None and sorted(found) != sorted(expected_sample_ids):
+                return [f"{uri}: holds samples {sorted(found)[:5]}, the plan has {sorted(expected_sample_ids)[:5]}"]
+            return _verify_blobs(parquet, uri)
+    except _READ_ERRORS as error:
+        return [f"{uri}: unreadable Parquet ({error})"]
+
+
 def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Manifest:
     """Rebuild index.parquet from every shard on disk, then write manifest.json last.
 
@@ -159,7 +191,7 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
             shard is unreadable or has another schema, or a sample id repeats.
     """
     extra = dict(extra_manifest or {})
-    clash = sorted(set(extra) & set(_MANIFEST_KEYS))
+    clash = sorted(set(extra) & set(_MANIFEST_KEYS + _OPTIONAL_KEYS))
     if clash:
         raise ValueError(f"extra_manifest keys {clash} are reserved for the manifest itself")
     try:
@@ -177,7 +209,8 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
     duplicates = _duplicates(index.column("sample_id").to_pylist())
     if duplicates:
         raise ValueError(f"{root.uri(SHARDS_DIR)}: sample ids occur in more than one row: {duplicates[:10]}")
-    root.write_parquet_atomic(INDEX_NAME, index)
+    root.write_parquet_atomic(INDEX_NAME, index, fault="during_index")
+    complete, plan = _completeness(root, index.column("sample_id").to_pylist())
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -186,9 +219,30 @@ def write_index(root: Root, extra_manifest: dict[str, Any] | None = None) -> Man
         counts=_value_counts(index.column("verdict")),
         index={"name": INDEX_NAME, "rows": index.num_rows, "sha256": root.sha256(INDEX_NAME)},
         extra=extra,
+        complete=complete,
+        plan=plan,
     )
     root.write_bytes_atomic(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2).encode() + b"\n")
     return manifest
+
+
+def _missing(planned: dict[str, int], present: Iterable[str]) -> tuple[int, list[int]]:
+    missing = planned.keys() - set(present)
+    return len(missing), sorted({planned[sample_id] for sample_id in missing})
+
+
+def _completeness(root: Root, present: list[str]) -> tuple[bool | None, dict[str, Any] | None]:
+    planned = planned_samples(root)
+    if planned is None:
+        return None, None
+    count, shards = _missing(planned, present)
+    return count == 0, {"samples": len(planned), "missing": count, "missing_shards": shards}
+
+
+def incomplete_message(missing: int, planned: int, shards: list[int]) -> str:
+    """The one line that says a dataset lacks planned samples, and in which shards they belong."""
+    shown = ", ".join(shard_label(s) for s in shards[:20]) + (", ..." if len(shards) > 20 else "")
+    return f"incomplete: {missing} of {planned} planned samples missing (shards {shown})"
 
 
 def _check_rows(rows: list[dict[str, Any]], shard_id: int, name: str) -> None:
@@ -290,7 +344,9 @@ def verify(root: Root, *, decode_blobs: bool = True) -> list[str]:
 
     Checks the manifest, each listed shard (presence, size, sha256, schema,
     row count, and with `decode_blobs` every PNG's decodability and size),
-    unlisted shards, sample-id uniqueness and the index against the shards.
+    unlisted shards, sample-id uniqueness, the index against the shards, and
+    completeness against the plan: every planned sample present exactly once
+    (a skipped or rejected one with its reason).
     """
     try:
         manifest = read_manifest(root)
@@ -317,6 +373,23 @@ def verify(root: Root, *, decode_blobs: bool = True) -> list[str]:
         problems.append(f"{root.uri(SHARDS_DIR)}: sample ids occur more than once: {duplicates[:10]}")
     complete = len(ids_by_shard) == len(set(listed))
     problems += _verify_index(root, manifest, ids_by_shard if complete else None, listed_rows)
+    return problems + _verify_plan(root, manifest, all_ids)
+
+
+def _verify_plan(root: Root, manifest: Manifest, present: list[str]) -> list[str]:
+    try:
+        planned = planned_samples(root)
+    except ValueError as error:
+        return [str(error)]
+    if planned is None:
+        return []
+    problems = []
+    missing, shards = _missing(planned, present)
+    if missing:
+        problems.append(f"{incomplete_message(missing, len(planned), shards)} in {root.uri()}")
+    if manifest.complete is False and not missing:
+        problems.append(f"{root.uri(MANIFEST_NAME)}: says the dataset is incomplete, but every planned sample "
+                        "is present: rerun the generation to rebuild the manifest")
     return problems
 
 
@@ -339,7 +412,11 @@ def _verify_shard(root: Root, info: ShardInfo, ids_by_shard: dict[str, list[str]
                 return problems + schema_problems
             if parquet.metadata.num_rows != info.rows:
                 problems.append(f"{uri}: {parquet.metadata.num_rows} rows, manifest says {info.rows}")
-            ids_by_shard[info.name] = parquet.read(columns=["sample_id"]).column(0).to_pylist()
+            table = parquet.read(columns=["sample_id", "verdict", "reasons"])
+            ids_by_shard[info.name] = table.column("sample_id").to_pylist()
+            problems += [f"{uri}: sample {row['sample_id']!r} is {row['verdict']} without a reason"
+                         for row in table.to_pylist()
+                         if row["verdict"] in (VERDICT_SKIPPED, VERDICT_REJECTED) and not row["reasons"]]
             if decode:
                 problems += _verify_blobs(parquet, uri)
     except _READ_ERRORS as error:

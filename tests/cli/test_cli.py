@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -62,3 +63,76 @@ def test_every_command_has_help():
                  ["shards", "verify"], ["export", "cityscapes"], ["models", "tiny"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, args
+
+
+def _refused(args: list[str], out, *expected: str) -> str:
+    """`generate` exits 2 with one paragraph, no traceback, and creates nothing."""
+    result = runner.invoke(app, ["generate", "--out", str(out), "--generator", "tiny", "--no-progress", *args])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert text.startswith("error: ") and "Traceback" not in text
+    for part in expected:
+        assert part in text, text
+    return text
+
+
+def test_a_missing_bank_exits_2_before_planning(dataset, tmp_path):
+    out = tmp_path / "out"
+    _refused(["--source", str(dataset), "--bank", str(tmp_path / "nope.parquet")], out,
+             f"{tmp_path / 'nope.parquet'}: no such object bank file", "cgaug bank build")
+    assert not out.exists()
+
+
+def test_a_missing_source_exits_2_and_leaves_no_output_folder(tmp_path):
+    out = tmp_path / "out"
+    _refused(["--source", str(tmp_path / "nosuch")], out,
+             f"the source cannot be used: {tmp_path / 'nosuch'}: no Cityscapes split 'train'",
+             "Point --source at a Cityscapes-format root")
+    assert not out.exists()
+
+
+def test_a_bank_that_is_not_parquet_or_has_no_usable_mask_is_refused(dataset, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cgaug.storage.bank import BANK_SCHEMA
+    from cgaug.storage.png import encode_png
+
+    text_file = tmp_path / "bank.parquet"
+    text_file.write_text("name,mask\n")
+    _refused(["--source", str(dataset), "--bank", str(text_file)], tmp_path / "out",
+             f"{text_file}: not a readable Parquet file")
+    table = pq.read_table(dataset / "bank.parquet")
+    blank = pa.array([encode_png(np.zeros((h, w), bool)) for h, w in zip(
+        table.column("height").to_pylist(), table.column("width").to_pylist(), strict=True)], pa.binary())
+    empty = tmp_path / "empty_masks.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("mask_png"), BANK_SCHEMA.field("mask_png"),
+                                    blank), empty)
+    _refused(["--source", str(dataset), "--bank", str(empty)], tmp_path / "out",
+             f"{empty}: none of the", "has a usable mask")
+
+
+def test_an_out_folder_that_is_not_a_cgaug_output_needs_force(dataset, tmp_path):
+    from cgaug.config import CGAugConfig
+    from cgaug.flows.generate import check_inputs
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("\\begin{document}")
+    _refused(["--source", str(dataset)], mine, f"--out {mine} is a non-empty folder that is not a cgaug output",
+             "--force")
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    config = CGAugConfig.model_validate({"generator": {"model": "tiny"}})
+    check_inputs(str(dataset), str(mine), str(dataset / "bank.parquet"), config, force=True)  # accepted
+    (mine / "config.json").write_text("{}")
+    check_inputs(str(dataset), str(mine), str(dataset / "bank.parquet"), config)  # a cgaug output resumes
+
+
+def test_a_model_that_is_not_there_exits_2(dataset, tmp_path):
+    _refused(["--source", str(dataset), "--generator", str(tmp_path / "no-model")], tmp_path / "out",
+             "generator.model", "was not found")
+
+
+def test_generate_offers_the_robustness_options():
+    text = " ".join(runner.invoke(app, ["generate", "--help"]).output.split())
+    assert "--claim-ttl" in text and "--force" in text and "--debug" in text

@@ -19,8 +19,9 @@ from cgaug.flows.fanout import child_key, fan_out, groups_of
 class FakePool:
     """Children 'produce' their shards unless (shard, attempt) is listed as failing."""
 
-    def __init__(self, failing: set[tuple[int, int]]):
+    def __init__(self, failing: set[tuple[int, int]], message: str | None = None):
         self.failing, self.done, self.launched, self.keys = failing, set(), [], []
+        self.message = message  # the final state message of a failed child
         self._groups: dict[uuid.UUID, tuple[list[int], int]] = {}
 
     def launch(self, deployment, parameters, group, key):
@@ -37,13 +38,13 @@ class FakePool:
             group, attempt = self._groups[run_id]
             failed = [s for s in group if (s, attempt) in self.failing]
             self.done.update(s for s in group if (s, attempt) not in self.failing)
-            yield run_id, "Failed" if failed else "Completed"
+            yield run_id, *(("Failed", self.message) if failed else ("Completed", None))
 
 
 @pytest.fixture
 def run(monkeypatch):
-    def go(todo, failing=(), **options):
-        pool = FakePool(set(failing))
+    def go(todo, failing=(), message=None, **options):
+        pool = FakePool(set(failing), message)
         monkeypatch.setattr(fanout, "launch_child", pool.launch)
         monkeypatch.setattr(fanout, "wait_children", pool.wait)
         monkeypatch.setattr(fanout, "online_workers", lambda deployment: 1)
@@ -74,6 +75,25 @@ def test_gives_up_after_child_attempts(run):
     assert missing == [1] and calls == [0]
     assert [launch for launch in pool.launched if launch[0] == (1,)] == [((1,), 1), ((1,), 2)]
     assert "attempt 2: 1 shards still missing: [1]" in logs
+
+
+def test_an_error_no_relaunch_can_fix_ends_the_parent_at_once_with_the_childs_message(run):
+    message = ("Flow run encountered an exception: ModelNotFound: generator.model 'x/y' was not found: "
+               "not in the Hugging Face cache")
+    with pytest.raises(fanout.ChildFailed, match=r"ModelNotFound: generator\.model 'x/y' was not found") as caught:
+        run([0, 1], failing={(1, 1)}, message=message, child_attempts=3, shards_per_child=1)
+    assert "shards [1]" in str(caught.value)
+
+
+def test_a_retryable_failure_is_relaunched_and_its_message_logged(run):
+    message = "Flow run encountered an exception: OSError: connection reset"
+    missing, pool, _, logs, _ = run([0], failing={(0, 1)}, message=message, shards_per_child=1)
+    assert missing == [] and pool.launched == [((0,), 1), ((0,), 2)]
+    assert any("connection reset" in line for line in logs)
+    assert fanout.permanent_error(message) is None
+    assert fanout.permanent_error(None) is None
+    assert fanout.permanent_error("Flow run encountered an exception: PlanMismatch: other settings") == (
+        "PlanMismatch: other settings")
 
 
 def test_children_in_flight_are_bounded(run):

@@ -193,6 +193,26 @@ def test_empty_file_is_an_error(tmp_path):
         ObjectBank.open(str(empty))
 
 
+@pytest.mark.parametrize("area_says_empty", [True, False])
+def test_a_bank_without_a_usable_mask_is_refused_when_opened(tmp_path, items, area_says_empty):
+    from cgaug.storage.png import encode_png
+
+    good = tmp_path / "bank.parquet"
+    write_bank(items, str(good), builder="test")
+    table = pq.read_table(good)
+    shapes = zip(table.column("height").to_pylist(), table.column("width").to_pylist(), strict=True)
+    empty = pa.array([encode_png(np.zeros((h, w), bool)) for h, w in shapes], pa.binary())
+    table = table.set_column(table.schema.get_field_index("mask_png"), BANK_SCHEMA.field("mask_png"), empty)
+    if area_says_empty:  # the area column agrees: nothing needs decoding
+        table = table.set_column(table.schema.get_field_index("area"), BANK_SCHEMA.field("area"),
+                                 pa.array([0] * table.num_rows, pa.int64()))
+    bad = tmp_path / "empty_masks.parquet"
+    pq.write_table(table, bad)
+    with pytest.raises(EmptyBankError, match=r"empty_masks\.parquet: none of the 3 objects has a usable mask"):
+        ObjectBank.open(str(bad))
+    assert len(ObjectBank.open(str(good))) == 3  # one usable mask is enough
+
+
 def test_corrupt_mask_blob_names_the_object(tmp_path, items):
     good = tmp_path / "bank.parquet"
     write_bank(items, str(good), builder="test")

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from cgaug.storage.claims import ClaimInfo, ShardClaim, claim_name, read_claim, try_claim
-from cgaug.storage.fs import open_root
+from cgaug.storage.claims import ClaimInfo, ShardClaim, claim_name, read_claim, sweep_claims, try_claim
+from cgaug.storage.fs import open_root, process_identity
+from tests.faults.dead import dead_owner
 
 
 def test_first_claimant_holds_the_shard_and_the_second_sees_who(tmp_path):
@@ -37,6 +38,43 @@ def test_a_stale_claim_is_broken_and_taken_over(tmp_path):
     assert read_claim(root, 3).owner == {"who": "next"}
     dead.release()  # a late release of a lost claim leaves the new holder alone
     assert taken.held()
+
+
+def test_a_claim_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path):
+    root = open_root(tmp_path)
+    owner = dead_owner()
+    assert isinstance(try_claim(root, 4, ttl_s=300, owner=owner), ShardClaim)
+    assert read_claim(root, 4).owner_alive() is False and read_claim(root, 4).dead()
+    taken = try_claim(root, 4, ttl_s=300)  # no waiting for the 300 s TTL
+    assert isinstance(taken, ShardClaim) and read_claim(root, 4).owner == process_identity()
+    assert read_claim(root, 4).owner_alive() is True
+
+
+def test_a_claim_of_another_host_keeps_its_ttl(tmp_path):
+    root = open_root(tmp_path)
+    remote = dead_owner() | {"host": "elsewhere", "host_tag": "0badc0de"}  # the same pid means nothing there
+    try_claim(root, 4, ttl_s=300, owner=remote)
+    assert read_claim(root, 4).owner_alive() is None
+    assert isinstance(try_claim(root, 4, ttl_s=300), ClaimInfo)  # still theirs
+    reused = process_identity() | {"start": process_identity()["start"] + 1}  # our pid, another start time
+    try_claim(root, 5, ttl_s=300, owner=reused)
+    assert read_claim(root, 5).owner_alive() is False  # a reused pid is not the owner
+
+
+def test_sweep_removes_dead_and_unreadable_claims_and_keeps_live_ones(tmp_path):
+    import os
+
+    root = open_root(tmp_path)
+    try_claim(root, 1, ttl_s=300, owner=dead_owner())
+    try_claim(root, 2, ttl_s=300)  # ours, alive
+    try_claim(root, 3, ttl_s=300, owner={"host": "elsewhere", "host_tag": "0badc0de", "pid": 1})
+    (tmp_path / claim_name(4)).write_text("{torn")
+    old = tmp_path / claim_name(5)
+    old.write_text("{torn")
+    os.utime(old, (0, 0))  # unreadable and older than the TTL
+    assert sweep_claims(root, ttl_s=300) == [claim_name(1), claim_name(5)]
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == [
+        "shard-00002.json", "shard-00003.json", "shard-00004.json"]
 
 
 def test_keep_alive_keeps_a_short_ttl_claim_fresh(tmp_path):

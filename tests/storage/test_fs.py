@@ -114,6 +114,41 @@ def test_failure_while_writing_leaves_old_file_and_no_temporary(root):
     assert all_names(root, "data") == ["file.bin"]
 
 
+def test_a_full_disk_is_a_write_error_that_names_the_final_file(root):
+    import errno
+
+    from cgaug.storage.fs import WriteError
+
+    def disk_full(f):
+        f.write(b"some")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError) as caught:
+        root.write_atomic("shards/shard-00001.parquet", disk_full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == root.uri("shards/shard-00001.parquet")
+    assert all_names(root, "shards") == []
+
+
+def test_temporary_names_record_their_writer_for_the_sweep(root):
+    import os
+
+    from cgaug.storage.fs import process_alive, process_identity, temp_name, temp_owner
+    from tests.faults.dead import dead_owner, temp_token
+
+    me = process_identity()
+    mine = temp_name("shards", "shard-00001.parquet")
+    assert mine.startswith(f"shards/.shard-00001.parquet{TMP_MARKER}")
+    assert temp_owner(os.path.basename(mine)) == (me["host_tag"], os.getpid(), me["start"])
+    assert process_alive(*temp_owner(os.path.basename(mine))) is True
+    dead = dead_owner()
+    assert process_alive(*temp_owner(f".x{TMP_MARKER}{temp_token(dead)}-abc")) is False
+    assert process_alive("0badc0de", os.getpid(), me["start"]) is None  # another host: unknown
+    assert temp_owner(f".x{TMP_MARKER}0123abcd") is None  # a name of an older release says nothing
+    root.write_bytes_atomic("shards/a.parquet", b"whole")
+    root.fs.pipe_file(root.join(f"shards/.a.parquet{TMP_MARKER}123"), b"half")
+    assert root.list_temps("shards") == [f"shards/.a.parquet{TMP_MARKER}123"]
+
+
 def test_failure_in_parquet_writer_leaves_nothing(root, monkeypatch):
     original = pq.ParquetWriter.write_table
 

@@ -43,9 +43,12 @@ def test_a_written_report_is_read_back_with_its_producer_and_timing(root):
     assert {k: data[k] for k in ("shard", "rows", "verdicts", "reasons", "seconds", "producer")} == {
         "shard": SHARD, "rows": 3, "verdicts": {"accepted": 1, "rejected": 1, "skipped": 1},
         "reasons": {"sam_iou_low": 1, "no_road": 1}, "seconds": 2.5, "producer": PRODUCER}
+    assert (data["sha256"], data["bytes"]) == (root.sha256(f"shards/shard-{SHARD:05d}.parquet"),
+                                               root.size(f"shards/shard-{SHARD:05d}.parquet"))
+    assert [entry["sha256"] for entry in journal(root)[SHARD]] == [data["sha256"]]  # the commit's hash, twice
     record, producer = read_report(root, SHARD)
     assert producer == PRODUCER
-    assert record.to_dict() == {k: v for k, v in data.items() if k != "producer"}
+    assert record.to_dict() == {k: v for k, v in data.items() if k not in ("producer", "sha256", "bytes")}
 
 
 def test_each_commit_adds_one_journal_file_and_keeps_the_earlier_ones(root):

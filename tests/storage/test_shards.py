@@ -23,6 +23,7 @@ from cgaug.storage.schema import SCHEMA_VERSION, SHARD_SCHEMA, empty_row, scores
 from cgaug.storage.shards import (
     INDEX_NAME,
     MANIFEST_NAME,
+    Manifest,
     ShardInfo,
     iter_samples,
     read_manifest,
@@ -492,3 +493,51 @@ def test_storage_modules_never_import_heavy_dependencies():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- completeness against the plan -------------------------------------------------------------------------
+
+
+def write_plan_of(root: Root, shards: dict[int, list[str]]) -> None:
+    from cgaug.records import SampleSpec, SourceRecord
+    from cgaug.storage.plan import PLAN_FILE, PlanEntry, plan_to_table
+
+    plan = [PlanEntry(SampleSpec(sample_id, "aachen_000000_000019", 0, 0, 1, shard),
+                      SourceRecord("aachen_000000_000019", "aachen", "train", "a.png", "a_labelIds.png"))
+            for shard, ids in shards.items() for sample_id in ids]
+    root.write_parquet_atomic(PLAN_FILE, plan_to_table(plan))
+
+
+def test_a_dataset_with_planned_samples_missing_is_incomplete(root):
+    write_plan_of(root, {0: ["s000", "s001", "s002"], 1: ["s003", "s004", "s005"], 2: ["s006", "s007"],
+                         3: ["s008"]})
+    build_dataset(root)
+    manifest = read_manifest(root)
+    assert manifest.complete is False
+    assert manifest.plan == {"samples": 9, "missing": 3, "missing_shards": [2, 3]}
+    assert json.loads(root.read_bytes(MANIFEST_NAME))["complete"] is False
+    problems = verify(root, decode_blobs=False)
+    assert problems == [f"incomplete: 3 of 9 planned samples missing (shards shard-00002, shard-00003) "
+                        f"in {root.uri()}"]
+
+
+def test_a_dataset_with_every_planned_sample_is_complete(root):
+    write_plan_of(root, {0: ["s000", "s001", "s002"], 1: ["s003", "s004", "s005"]})
+    build_dataset(root)
+    manifest = read_manifest(root)
+    assert manifest.complete is True and manifest.plan == {"samples": 6, "missing": 0, "missing_shards": []}
+    assert verify(root) == []
+    assert Manifest.from_dict(manifest.to_dict(), "m").to_dict() == manifest.to_dict()
+
+
+def test_a_manifest_without_completeness_still_reads(root):
+    build_dataset(root)  # no plan: nothing to compare with, nothing recorded
+    data = json.loads(root.read_bytes(MANIFEST_NAME))
+    assert "complete" not in data and read_manifest(root).complete is None and verify(root) == []
+
+
+def test_a_skipped_or_rejected_row_needs_a_reason(root):
+    write_shard(root, 0, [make_row("s000", 0), make_row("s001", 0, verdict="skipped")])
+    write_index(root)
+    assert verify(root, decode_blobs=False) == [
+        f"{root.uri(shard_name(0))}: sample 's001' is skipped without a reason"]
