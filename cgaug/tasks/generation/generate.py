@@ -143,8 +143,7 @@ def generate(pipe: StableDiffusionControlNetPipeline, cfg: GeneratorConfig, cond
     photo_masks, report, pad): see `generate_float`.
     """
     raw = generate_float(pipe, cfg, cond_maps, prompts, negatives, seeds, **options)  # validates the inputs
-    height, width = cond_maps[0].shape[:2]
-    return [resize_photo(to_uint8(image), height, width) for image in raw]
+    return [resize_photo(to_uint8(image), *cond.shape[:2]) for image, cond in zip(raw, cond_maps, strict=True)]
 
 
 def generate_float(
