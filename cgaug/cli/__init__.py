@@ -105,7 +105,12 @@ def demo(
     filters: Annotated[FilterMode, typer.Option(
         "--filters", help="Quality filter; tiny runs every gate with offline random-weight models.")] = "tiny",
 ) -> None:
-    """Fixtures -> object bank -> tiny-generator run -> verification, end to end on this machine."""
+    """Fixtures -> object bank -> painter run -> verification, end to end on this machine.
+
+    The painter (`generator.model: painter`) stands in for the diffusion model, so the samples show
+    street scenes under other weathers with pasted objects; the filter's random-weight test models
+    (`--filters tiny`) exercise the gates only, their verdicts say nothing about image quality.
+    """
     from cgaug.fixtures import write_fixture_masks, write_fixtures
     from cgaug.flows.generate import generate_dataset_flow
     from cgaug.storage.bank_sources import build_from_folder
@@ -119,7 +124,7 @@ def demo(
         write_fixture_masks(source / "bank_masks")
         build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
     cfg = load_config(overrides={"run": {"variants": variants, "shard_size": 4},
-                                 "generator": {"model": "tiny"}, "filters": {"mode": filters}})
+                                 "generator": {"model": "painter"}, "filters": {"mode": filters}})
     summary = generate_dataset_flow(source=str(source), out=str(out), bank=str(source / "bank.parquet"),
                                     config=cfg, progress=True)
     problems = verify(open_root(str(out)))
