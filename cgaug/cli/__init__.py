@@ -17,6 +17,7 @@ from rich.console import Console
 from cgaug.cli._util import self_command
 from cgaug.cli.bank import app as bank_app
 from cgaug.cli.eval import eval_command
+from cgaug.cli.experiment import app as experiment_app
 from cgaug.cli.filter import app as filter_app
 from cgaug.cli.fixtures import fixtures_command
 from cgaug.cli.models import app as models_app
@@ -39,6 +40,7 @@ app.add_typer(filter_app, name="filter", help="Tune and inspect the automatic qu
 app.add_typer(stack_app, name="stack", help="The local Prefect stack: server, pools, deployments, workers.")
 app.command("eval", help="Evaluate a segmenter on the anomaly and domain-shift benchmarks.")(eval_command)
 app.command("train", help="Two-stage noise-aware training on originals + CG-Aug shards.")(train_command)
+app.add_typer(experiment_app, name="experiment", help="Measure the method in a painted miniature world (CPU).")
 
 console = Console(stderr=True)
 

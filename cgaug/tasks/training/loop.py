@@ -316,8 +316,9 @@ def train(out: str, *, cfg: TrainConfig | None = None, source: str | None = None
     if resume:
         root, cfg, inputs = read_run(out)
     else:
-        if cfg is None or source is None or shards is None:
-            raise ValueError("a new run needs cfg, source and shards (or resume=True)")
+        if cfg is None or source is None or (shards is None and cfg.data.augmented == "shards"):
+            raise ValueError("a new run needs cfg, source and shards (shards only with data.augmented 'shards'), "
+                             "or resume=True")
         inputs = {"source": source, "shards": shards, "bank": bank}
     # 2. Inputs are checked before anything is written, so a bad input leaves no run behind.
     device = torch_device(cfg.run.device, "run.device")
