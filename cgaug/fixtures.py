@@ -565,6 +565,23 @@ def write_fixture_masks(dest: str | Path, seed: int = 0, per_class: int = 3,
     return counts
 
 
+def write_class_masks(dest: str | Path, classes: tuple[str, ...] | list[str], seed: int = 0,
+                      per_class: int = 3) -> dict[str, int]:
+    """Masks for any ADE20K class names, as ``{dest}/{class}/{class}_{i:03d}.png``, drawn with the fixture
+    silhouettes (class k, mask i: shape k + i of `MASK_CLASSES`); returns {class: count}.
+
+    For banks of classes the fixtures lack, such as the unseen classes of `cgaug experiment`'s test world:
+    the painter paints a class by its name, so the class, not the silhouette, decides what it looks like.
+    """
+    root = open_root(os.fspath(dest))
+    for index, name in enumerate(classes):
+        rng = np.random.default_rng([seed, index])
+        for i in range(per_class):
+            mask = render_mask(MASK_CLASSES[(index + i) % len(MASK_CLASSES)], rng, int(rng.integers(60, 301)))
+            root.write_bytes_atomic(f"{name}/{name}_{i:03d}.png", _png(mask))
+    return dict.fromkeys(classes, per_class)
+
+
 def write_fixture_dataset(dest: str | Path, images: int, split: str = "train", seed: int = 0, height: int = 256,
                           width: int = 512) -> tuple[list[str], dict[str, int]]:
     """Everything `generate` and `train` need with their defaults: scenes, object masks, their pixels, bank.

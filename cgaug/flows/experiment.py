@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
+from cgaug.fixtures import write_class_masks, write_fixture_dataset, write_fixtures
 from cgaug.flows.generate import generate_dataset_flow
 from cgaug.tasks.experiment.methods import train_method
 from cgaug.tasks.experiment.predict import (
@@ -39,7 +40,7 @@ from cgaug.tasks.experiment.predict import (
 )
 from cgaug.tasks.experiment.protocol import METHODS, MiniProtocol, generation_config
 from cgaug.tasks.experiment.report import claim, figure, markdown, summarise
-from cgaug.tasks.experiment.world import TEST_WORLD_OFFSET, test_ood_classes, write_test_world, write_train_world
+from cgaug.tasks.experiment.world import TEST_SPLIT, TEST_WORLD_OFFSET, test_ood_classes
 
 TEST_SETS = ("shifted", "clear")
 FIGURE_FRAMES = 4
@@ -52,14 +53,20 @@ def prediction_path(out: Path, method: str, seed: int, test_set: str) -> Path:
 @task(name="experiment-world")
 def world_task(out: Path, protocol: MiniProtocol) -> dict[str, str]:
     """Write the training originals (with their bank) and the test scenes (with the unseen classes' bank)."""
+    from cgaug.storage.bank_sources import build_from_folder
+
     world = out / "world"
     train, test, test_bank = world / "train", world / "test", world / "test_bank"
+    size = {"height": protocol.height, "width": protocol.width}
     if not (train / "bank.parquet").is_file():
-        write_train_world(train, protocol.train_scenes, protocol.height, protocol.width, protocol.world_seed)
+        write_fixture_dataset(train, images=protocol.train_scenes, split="train", seed=protocol.world_seed, **size)
     bank = test_bank / "test_bank.parquet"
     if not bank.is_file():
-        write_test_world(test, test_bank, protocol.test_scenes, protocol.height, protocol.width, protocol.world_seed,
-                         test_ood_classes(protocol.test_classes), protocol.masks_per_class)
+        test_seed = protocol.world_seed + TEST_WORLD_OFFSET
+        write_fixtures(test, images=protocol.test_scenes, split=TEST_SPLIT, seed=test_seed, **size)
+        write_class_masks(test_bank / "masks", test_ood_classes(protocol.test_classes), test_seed,
+                          protocol.masks_per_class)
+        build_from_folder(str(test_bank / "masks"), str(bank))
     return {"train": str(train), "test": str(test), "test_bank": str(bank)}
 
 
