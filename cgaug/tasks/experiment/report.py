@@ -82,7 +82,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"wall {meta.get('wall_s', 0):.0f} s, CPU {meta.get('cpu_s', 0):.0f} s.",
         "Every image is painted by the procedural painter (a stand-in for the diffusion model); the test objects "
         f"are ADE20K classes never pasted in training ({', '.join(meta.get('test_classes', []))}).",
-        "Mean ± standard deviation over seeds " + ", ".join(str(s) for s in meta.get("seeds", [])) + " (in %).",
+        "Mean ± standard deviation over seeds " + ", ".join(str(s) for s in meta.get("seeds", [])) + " (in %). "
+        "Anomaly metrics on the shifted test set (every weather / time / place, unseen objects); mIoU / mAcc of "
+        "the 19 classes on the shifted and the clear-day test sets.",
         "",
         "| method | AUROC ↑ | AP ↑ | FPR@95 first ↓ | FPR@95 closest ↓ | mIoU shifted ↑ | mIoU clear ↑ "
         "| mAcc shifted ↑ | mAcc clear ↑ |",
@@ -95,7 +97,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         cells = [_pm(shifted[k]) for k in ANOMALY_KEYS]
         cells += [_pm(shifted["miou"]), _pm(clear["miou"]), _pm(shifted["macc"]), _pm(clear["macc"])]
         lines.append(f"| {method}: {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
-    lines += ["", "Anomaly metrics on the shifted test set (every weather / time / place, unseen objects).", ""]
+    lines.append("")
     clear_anomaly = ["| method | AUROC (clear) | AP (clear) | FPR@95 first (clear) |", "|---|---|---|---|"]
     for method in METHODS:
         if method in summary and "ap" in summary[method]["clear"]:
