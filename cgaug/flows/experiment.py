@@ -40,7 +40,7 @@ from cgaug.tasks.experiment.predict import (
 )
 from cgaug.tasks.experiment.protocol import METHODS, MiniProtocol, generation_config
 from cgaug.tasks.experiment.report import claim, figure, markdown, summarise
-from cgaug.tasks.experiment.world import TEST_SPLIT, TEST_WORLD_OFFSET, test_ood_classes
+from cgaug.tasks.experiment.world import TEST_SPLIT, TEST_WORLD_OFFSET, unseen_ood_classes
 
 TEST_SETS = ("shifted", "clear")
 FIGURE_FRAMES = 4
@@ -64,7 +64,7 @@ def world_task(out: Path, protocol: MiniProtocol) -> dict[str, str]:
     if not bank.is_file():
         test_seed = protocol.world_seed + TEST_WORLD_OFFSET
         write_fixtures(test, images=protocol.test_scenes, split=TEST_SPLIT, seed=test_seed, **size)
-        write_class_masks(test_bank / "masks", test_ood_classes(protocol.test_classes), test_seed,
+        write_class_masks(test_bank / "masks", unseen_ood_classes(protocol.test_classes), test_seed,
                           protocol.masks_per_class)
         build_from_folder(str(test_bank / "masks"), str(bank))
     return {"train": str(train), "test": str(test), "test_bank": str(bank)}
@@ -135,7 +135,7 @@ def experiment_flow(out: str, protocol: MiniProtocol | None = None) -> dict[str,
     metrics = table_metrics(dest, protocol, tests)
     summary = summarise(metrics)
     meta = {"protocol": protocol.model_dump(mode="json"), "protocol_text": protocol.describe(),
-            "seeds": protocol.seeds, "test_classes": list(test_ood_classes(protocol.test_classes)),
+            "seeds": protocol.seeds, "test_classes": list(unseen_ood_classes(protocol.test_classes)),
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                        f"{torch.get_num_threads()})",
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -7,7 +7,7 @@ Layout under the experiment's output folder::
     world/test_bank/      masks of the unseen test classes, masks/{class}/*.png, and test_bank.parquet
 
 The scenes and masks are written by `cgaug.fixtures` (the flow calls it; tasks sit below fixtures).
-The test classes are ADE20K classes outside the reference's training list (`test_ood_classes`): the
+The test classes are ADE20K classes outside the reference's training list (`unseen_ood_classes`): the
 validation list minus the training list when that is non-empty (it is a subset of it, so today it
 is empty), else classes of `unmapped_ood_classes()` that the training list lacks. The painter gives
 each class its own look, so the test objects look like nothing pasted in training. Their silhouettes
@@ -24,7 +24,7 @@ TEST_WORLD_OFFSET = 1000  # test scenes' seed = world seed + this: layouts never
 TEST_SPLIT = "test"
 
 
-def test_ood_classes(count: int) -> tuple[str, ...]:
+def unseen_ood_classes(count: int) -> tuple[str, ...]:
     """`count` ADE20K classes never pasted in training (see the module docstring), spread over the candidates."""
     training = set(default_ood_classes())
     candidates = [c for c in validation_ood_classes() if c not in training]
