@@ -104,3 +104,38 @@ def test_the_closed_world_export_scores_by_energy_and_fine_tuning_starts_from_it
         logits2, u = fine(torch.rand(1, 3, 64, 128))
     assert torch.allclose(u, energy_score(logits2), atol=1e-4)  # W copied from the trained classifier
     assert np.isfinite(u.numpy()).all()
+
+
+def test_self_paired_originals_take_one_forward_pass_with_the_same_update():
+    """A's batches pair each original with itself: one forward pass gives the step of the doubled batch.
+
+    Exactly so without dropout; with it (smp's ASPP), the pass draws one mask per image instead of two,
+    and only the first half's CE counts either way (beta2 = 0), so the step is the same in distribution.
+    """
+    import copy
+
+    from cgaug.tasks.experiment.protocol import MiniProtocol, method_config
+    from cgaug.tasks.training.loop import StepRunner, loss_generator
+
+    cfg = method_config(MiniProtocol(), "A", 0)
+    model = build_train_model(cfg.model, seed=1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    twin = copy.deepcopy(model)
+    image = torch.randn(2, 3, 64, 128)
+    label = torch.randint(0, 19, (2, 64, 128))
+    batch = {"image": image, "aug_image": image.clone(), "label": label, "aug_label": label.clone()}
+    fast = StepRunner(model, cfg, 2, torch.device("cpu"), 4)
+    slow = StepRunner(twin, cfg, 2, torch.device("cpu"), 4)
+    slow.self_paired = False
+    assert fast.self_paired
+    parts_fast = fast.step(batch, loss_generator(0, 0, 0))
+    parts_slow = slow.step(batch, loss_generator(0, 0, 0))
+    assert parts_fast["ce"] == pytest.approx(parts_slow["ce"], rel=1e-5)
+    # the gradients (Adam's first update is ~lr * sign(g), which amplifies rounding in near-zero gradients)
+    # and some are zero up to rounding (a bias before a batch norm), so the tolerance is the largest gradient's
+    scale = max(float(p.grad.abs().max()) for p in twin.parameters() if p.grad is not None)
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        if b.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-4 * scale), name
