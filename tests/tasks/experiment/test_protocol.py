@@ -64,3 +64,16 @@ def test_steps_presets_with_explicit_options_on_top():
     small = protocol_for("small", seeds=[3, 4], train_scenes=None)
     assert small.seeds == [3, 4] and small.train_scenes == 40
     assert protocol_for("full").seeds == [0, 1, 2]
+
+
+def test_cli_seeds_count_or_list_and_the_command_is_registered():
+    from typer.testing import CliRunner
+
+    from cgaug.cli import app
+    from cgaug.cli.experiment import _seeds
+
+    assert _seeds("3") == [0, 1, 2] and _seeds("0,5,7") == [0, 5, 7] and _seeds(None) is None
+    result = CliRunner().invoke(app, ["experiment", "mini", "--help"])
+    assert result.exit_code == 0 and "--seeds" in result.output and "--steps" in result.output
+    refused = CliRunner().invoke(app, ["experiment", "mini", "--steps", "huge"])
+    assert refused.exit_code != 0 and "huge" in refused.output
