@@ -8,6 +8,13 @@ converging to a vanishing point, a perspective road with sidewalks, cars on
 the road and people on the sidewalks), because composition relies on that
 structure: objects are pasted on road pixels, scaled with depth.
 
+The photographs are painted from the label maps by the same procedural painter
+that stands in for the diffusion generator (`cgaug.models.painter`, a clear day
+in the default "Cityscapes-like" style, `SOURCE_PROMPT`), so an original and its
+painted CG-Aug variants come from one world and differ only by domain (weather,
+time, place) and pasted objects, as real photos and their diffusion variants do
+in the paper. A segmenter trained on them learns something that transfers.
+
 Everything is drawn from a numpy Generator seeded by (seed, image index): the
 same arguments give byte-identical files, and image i does not depend on how
 many images are written.
@@ -19,13 +26,14 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cgaug.labels import CITYSCAPES_LABELS, LABEL_ID_RANGE, label_id_to_train_id_lut
+from cgaug.config import PromptConfig
+from cgaug.labels import CITYSCAPES_LABELS, LABEL_ID_RANGE, label_id_to_ade_color_lut, label_id_to_train_id_lut
+from cgaug.models.painter import paint
 from cgaug.storage.fs import Root, open_root
 
 CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt")
@@ -57,7 +65,12 @@ class Scene:
 
 
 class _Canvas:
-    """Label, instance and colour planes painted together, later objects over earlier ones."""
+    """Label, instance and colour planes painted together, later objects over earlier ones.
+
+    The colour plane is no longer the photograph (the painter paints that from the labels); its
+    colour draws stay because they are part of the seeded stream that places every object, so
+    removing them would move the layouts of every seed.
+    """
 
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width
@@ -348,7 +361,7 @@ _MOVERS = {"car": _draw_car, "person": _draw_person}
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
-    """One street scene: labels, instances and a matching crude RGB rendering."""
+    """One street scene: labels, instances and its photograph painted from the labels (`paint_source`)."""
     canvas = _Canvas(height, width)
     vy = height * rng.uniform(0.40, 0.50)
     vx = width * rng.uniform(0.42, 0.58)
@@ -372,31 +385,17 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
             _MOVERS[kind](canvas, rng, street, float(rng.uniform(0.3, 0.9)))
     if rng.random() < 0.5:
         _draw_ego_vehicle(canvas, rng)
-    return Scene(_render(canvas, rng), canvas.label, canvas.instance)
+    return Scene(paint_source(canvas.label, int(rng.integers(2**31))), canvas.label, canvas.instance)
 
 
-_GRAIN = {"sky": 1.5, "road": 7.0, "sidewalk": 6.0, "vegetation": 14.0, "terrain": 10.0, "building": 4.0,
-          "car": 2.5, "ego vehicle": 2.0}
-"""Per-class pixel noise: asphalt and foliage are rough, sky and car paint smooth (others: 4)."""
+SOURCE_PROMPT = PromptConfig().base_template
+"""The source photographs' prompt: the plain template, which the painter paints as a clear day in its
+default, Cityscapes-like style (no place, no weather)."""
 
 
-@cache
-def _grain_lut() -> np.ndarray:
-    lut = np.full(LABEL_ID_RANGE, 4.0, np.float32)
-    for name, amount in _GRAIN.items():
-        lut[_ID[name]] = amount
-    return lut
-
-
-def _render(canvas: _Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Painted colours plus soft lighting blotches (mostly brightness) and per-class grain."""
-    h, w = canvas.height, canvas.width
-    image = canvas.color
-    light = _smooth_noise(rng, h, w, (6, 12))
-    image += light[..., :1] * 6.0 + light * 2.0
-    grain = rng.standard_normal((h, w), dtype=np.float32) * _grain_lut()[canvas.label]
-    image += grain[..., None]
-    return np.clip(image, 0, 255).astype(np.uint8)
+def paint_source(label_ids: np.ndarray, seed: int) -> np.ndarray:
+    """The photograph of a label map: the painter's clear day, deterministic per (labels, seed)."""
+    return paint(label_id_to_ade_color_lut()[label_ids], SOURCE_PROMPT, seed)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -564,6 +563,23 @@ def write_fixture_masks(dest: str | Path, seed: int = 0, per_class: int = 3,
                                                _png(render_object_pixels(mask, name, pixel_rng)))
         counts[name] = per_class
     return counts
+
+
+def write_class_masks(dest: str | Path, classes: tuple[str, ...] | list[str], seed: int = 0,
+                      per_class: int = 3) -> dict[str, int]:
+    """Masks for any ADE20K class names, as ``{dest}/{class}/{class}_{i:03d}.png``, drawn with the fixture
+    silhouettes (class k, mask i: shape k + i of `MASK_CLASSES`); returns {class: count}.
+
+    For banks of classes the fixtures lack, such as the unseen classes of `cgaug experiment`'s test world:
+    the painter paints a class by its name, so the class, not the silhouette, decides what it looks like.
+    """
+    root = open_root(os.fspath(dest))
+    for index, name in enumerate(classes):
+        rng = np.random.default_rng([seed, index])
+        for i in range(per_class):
+            mask = render_mask(MASK_CLASSES[(index + i) % len(MASK_CLASSES)], rng, int(rng.integers(60, 301)))
+            root.write_bytes_atomic(f"{name}/{name}_{i:03d}.png", _png(mask))
+    return dict.fromkeys(classes, per_class)
 
 
 def write_fixture_dataset(dest: str | Path, images: int, split: str = "train", seed: int = 0, height: int = 256,

@@ -268,3 +268,21 @@ def test_cli_refuses_zero_images(tmp_path):
     result = CliRunner().invoke(app, [str(tmp_path), "--images", "0"])
     assert result.exit_code != 0
     assert not (tmp_path / "leftImg8bit").exists()
+
+
+def test_source_photos_are_the_painters_clear_day(fixture_root):
+    """An original and a painted variant come from one world: same class colours by day, darker at night."""
+    from cgaug.fixtures import SOURCE_PROMPT
+    from cgaug.labels import label_id_to_ade_color_lut
+    from cgaug.models.painter import paint
+
+    root, _ = fixture_root
+    image, label_ids = read_pair(list_sources(str(root), "val")[1])
+    cond = label_id_to_ade_color_lut()[label_ids]
+    night = SOURCE_PROMPT.replace("dash cam.", "dash cam in Paris in a clear night.")
+    repaint, dark = paint(cond, SOURCE_PROMPT, 99), paint(cond, night, 99)
+    for name in ("road", "sky", "building"):
+        where = label_ids == cs.name2label[name].id
+        original, again = image[where].mean(axis=0), repaint[where].mean(axis=0)
+        assert np.abs(original - again).max() < 25, name
+    assert dark.mean() < image.mean() - 40

@@ -22,6 +22,7 @@ from rich.markup import escape
 from cgaug.cli._util import self_command
 from cgaug.cli.bank import app as bank_app
 from cgaug.cli.eval import eval_command
+from cgaug.cli.experiment import app as experiment_app
 from cgaug.cli.filter import app as filter_app
 from cgaug.cli.fixtures import fixtures_command
 from cgaug.cli.models import app as models_app
@@ -44,6 +45,7 @@ app.add_typer(filter_app, name="filter", help="Tune and inspect the automatic qu
 app.add_typer(stack_app, name="stack", help="The local Prefect stack: server, pools, deployments, workers.")
 app.command("eval", help="Evaluate a segmenter on the anomaly and domain-shift benchmarks.")(eval_command)
 app.command("train", help="Two-stage noise-aware training on originals + CG-Aug shards.")(train_command)
+app.add_typer(experiment_app, name="experiment", help="Measure the method in a painted miniature world (CPU).")
 
 console = Console(stderr=True)
 
@@ -184,7 +186,12 @@ def demo(
     filters: Annotated[FilterMode, typer.Option(
         "--filters", help="Quality filter; tiny runs every gate with offline random-weight models.")] = "tiny",
 ) -> None:
-    """Fixtures -> object bank -> tiny-generator run -> verification, end to end on this machine."""
+    """Fixtures -> object bank -> painter run -> verification, end to end on this machine.
+
+    The painter (`generator.model: painter`) stands in for the diffusion model, so the samples show
+    street scenes under other weathers with pasted objects; the filter's random-weight test models
+    (`--filters tiny`) exercise the gates only, their verdicts say nothing about image quality.
+    """
     from cgaug.fixtures import write_fixture_masks, write_fixtures
     from cgaug.flows.generate import generate_dataset_flow
     from cgaug.storage.bank_sources import build_from_folder
@@ -198,7 +205,7 @@ def demo(
         write_fixture_masks(source / "bank_masks")
         build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
     cfg = load_config(overrides={"run": {"variants": variants, "shard_size": 4},
-                                 "generator": {"model": "tiny"}, "filters": {"mode": filters}})
+                                 "generator": {"model": "painter"}, "filters": {"mode": filters}})
     summary = generate_dataset_flow(source=str(source), out=str(out), bank=str(source / "bank.parquet"),
                                     config=cfg, progress=True)
     problems = verify(open_root(str(out)))

@@ -130,7 +130,11 @@ def demo(
     variants: Annotated[int, typer.Option(help="Generated samples per image.")] = 2,
     port: Annotated[int, typer.Option(help="Port of the Prefect server.")] = DEFAULT_PORT,
 ) -> None:
-    """Stack up, fixtures, `cgaug/generate` on the GPU pool with the tiny models, wait, print the summary."""
+    """Stack up, fixtures, `cgaug/generate` on the GPU pool with the painter and the tiny filter, wait, summarise.
+
+    The painter stands in for the diffusion model (recognisable scenes in the UI previews); the tiny
+    filter's random-weight models exercise the gates only.
+    """
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -152,7 +156,7 @@ def demo(
         write_fixtures(source, images=images)
         write_fixture_masks(source / "bank_masks")
         build_from_folder(str(source / "bank_masks"), str(source / "bank.parquet"))
-    config = {"run": {"variants": variants, "shard_size": 4}, "generator": {"model": "tiny"},
+    config = {"run": {"variants": variants, "shard_size": 4}, "generator": {"model": "painter"},
               "filters": {"mode": "tiny"}}
     typer.echo(f"running cgaug/generate on the stack at {running.ui_url} ...", err=True)
     with temporary_settings({PREFECT_API_URL: running.api_url}):

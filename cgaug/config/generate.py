@@ -133,7 +133,8 @@ DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
 class GeneratorConfig(StrictModel):
     """How images are generated; every field that changes pixels is stored with each sample."""
 
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, local dir, or "tiny"
+    # hub id, local dir, "tiny" (random-weight test pipeline) or "painter" (procedural stand-in, no weights)
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     controlnet: str | None = "lllyasviel/sd-controlnet-seg"  # None: `model` is a full ControlNet pipeline
     revision: str | None = None  # of `model`
     controlnet_revision: str | None = None

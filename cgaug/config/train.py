@@ -23,6 +23,9 @@ class TrainDataConfig(StrictModel):
     """What a training batch is made of: originals with anomaly mix, paired with accepted CG-Aug samples."""
 
     split: str = "train"  # source split and shard split
+    # shards: each original is paired with an accepted CG-Aug sample (the method); originals: with itself, so
+    # no generated image is used (closed-world training, and the OOD-only baselines of `cgaug experiment`)
+    augmented: Literal["shards", "originals"] = "shards"
     # Shard rows usable as augmented images: those the quality filter passed, and those of a run without a
     # filter ("unfiltered"); rejected and skipped rows never. With the filter on (the paper's setting) a
     # shard holds no unfiltered rows, so this equals the reference's "accepted only".
@@ -156,6 +159,8 @@ class TrainConfig(StrictModel):
             data["run"].pop(volatile)
         data["data"].pop("num_workers")
         data["data"].pop("prefetch_factor")
+        if data["data"]["augmented"] == "shards":  # the default leaves the fingerprints of earlier runs as they were
+            data["data"].pop("augmented")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import subprocess
@@ -92,3 +94,43 @@ def test_shard_quality_table_is_visible_in_the_ui(pool, e2e_source, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / shot.name)
+
+
+class Images(HTMLParser):
+    """The inline (data URI) JPEG images of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[Image.Image] = []
+
+    def handle_starttag(self, tag, attrs):
+        src = dict(attrs).get("src") or ""
+        if tag == "img" and src.startswith("data:image/jpeg;base64,"):
+            self.images.append(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_demo_previews_show_painted_scenes_not_noise(pool, e2e_source, tmp_path):
+    """`cgaug stack demo`'s generator (the painter): each preview's image panel follows its label map."""
+    from tests.models.painter.scenes import explained_by_labels
+
+    config = {"run": {"variants": 1, "shard_size": 2}, "generator": {"model": "painter"}, "filters": {"mode": "none"}}
+    run = run_generate(pool.api_url, parameters(e2e_source, tmp_path / "out", config, shards_per_child=1))
+    assert run.state.is_completed()
+    children = child_runs(pool.api_url, run.id)
+    previews = artifacts(pool.api_url, "cgaug-shard-preview", [child.id for child in children])
+    assert previews
+    explained = []
+    for preview in previews:
+        dom = render(f"{pool.ui_url}/artifacts/artifact/{preview.id}", tmp_path / "profile", "--dump-dom").stdout
+        assert "stand-in for the diffusion model" in dom
+        found = Images()
+        found.feed(dom)
+        assert found.images, "no inline preview image rendered"
+        for picture in found.images:
+            pixels = np.asarray(picture)
+            panel = pixels.shape[1] // 3
+            height = panel * 128 // 256  # e2e_source images are 128 x 256; the caption band is below
+            image, cond = pixels[:height, :panel], pixels[:height, panel:2 * panel]
+            explained.append(explained_by_labels(image, cond))
+    # Painted scenes: ~0.6-0.9 by day, ~0.25 at night (dark); noise that ignores the map scores ~0.
+    assert min(explained) > 0.1 and np.mean(explained) > 0.4, explained

@@ -10,6 +10,13 @@ in a `GenerationReport` and remembered for the pipeline, so later calls start at
 size that fitted. `load_generator` binds all of it to the per-process pipeline of a
 config: the `Generate` and `Settings` callables the shard loop takes.
 
+Backends. `generator.model` picks one: a diffusers pipeline (a hub id, a local directory,
+or "tiny", the random-weight test model), or "painter" (`PAINTER_MODEL`), the procedural
+street-scene painter of `cgaug.models.painter`, which stands in for the diffusion model
+where the method's effect must be measured without weights (tests, demo, `cgaug experiment`).
+The painter loads nothing (no torch, no diffusers), paints at the label's size, and its
+rows say it is a stand-in (`generator_model` "painter-v1").
+
 Reproducibility. A sample is determined by its seed, prompt, negative prompt,
 conditioning map (and photo, with the second condition) and the settings stored in its
 shard row (`generator_settings`). What that buys:
@@ -40,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from cgaug.config import GeneratorConfig
+from cgaug.config import GeneratorConfig, PromptConfig
 from cgaug.models.control import photo_condition
 from cgaug.models.generator import (
     batch_runner,
@@ -50,6 +57,7 @@ from cgaug.models.generator import (
     photo_controlnet_name,
     resolve_dtype_name,
 )
+from cgaug.models.painter import PainterBackend
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionControlNetPipeline
@@ -83,8 +91,22 @@ class GenerationReport:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_generator(cfg: GeneratorConfig) -> tuple[Generate, Settings]:
-    """The (generate, settings) pair the shard loop takes, over the per-process cached pipeline of `cfg`."""
+PAINTER_MODEL = "painter"
+"""`generator.model` value of the procedural painter (`cgaug.models.painter`), a stand-in for diffusion."""
+
+
+def load_generator(cfg: GeneratorConfig, prompts: PromptConfig | None = None) -> tuple[Generate, Settings]:
+    """The (generate, settings) pair the shard loop takes, over the per-process cached pipeline of `cfg`.
+
+    With `cfg.model == "painter"` the pair is the painter's, which reads weather, time of day and
+    place back from each prompt with `prompts` (the run's prompt templates); nothing is loaded.
+    """
+    if cfg.model == PAINTER_MODEL:
+        if cfg.photo_control != "none":
+            raise ValueError(f"generator.photo_control {cfg.photo_control!r}: the painter has no photo condition; "
+                             "set it to 'none' with generator.model 'painter'")
+        backend = PainterBackend(prompts)
+        return backend, backend.settings
     pipe = load_pipeline(cfg)
 
     def run(cond_maps: list[np.ndarray], prompts: list[str], negatives: list[str], seeds: list[int],

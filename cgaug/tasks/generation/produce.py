@@ -69,7 +69,7 @@ def write_planned_shard(source: str, out: str, bank: str, config: CGAugConfig, s
     entries = entries if entries is not None else planned_entries(out, shard_id)
     object_bank = open_bank(bank, bank_class_filter(config.compose))
     classes = usable_classes(object_bank, config.compose)
-    generate, settings = load_generator(config.generator)
+    generate, settings = load_generator(config.generator, config.prompts)
     rows, stats = make_shard_rows(entries, source, object_bank, classes, config, generate, settings,
                                   judge=load_judge(config.filters))
     info = write_shard(root, shard_id, rows)

@@ -154,10 +154,26 @@ def pick_preview_rows(verdicts: list[str], limit: int = PREVIEW_SAMPLES) -> list
     return (rejected[:1] + kept)[:limit] if limit > 0 else []
 
 
+def stand_in_note(rows: list[dict[str, Any]]) -> str | None:
+    """What a reader must know about painted samples: the painter stands in for diffusion; the verdicts of
+    random-weight filter models (`filters: tiny`, the demo's) test the machinery, not the images."""
+    if not any(str(r.get("generator_model") or "").startswith("painter") for r in rows):
+        return None
+    note = ("Painted by the procedural painter, a stand-in for the diffusion model (cgaug.models.painter): "
+            "scenes follow their label maps; weather, time and place come from the prompt.")
+    if any(r.get("verdict") in ("accepted", "rejected") for r in rows):
+        note += (" Filter verdicts come from this run's filter models; with `filters: tiny` (random weights, "
+                 "the demo's) they exercise the machinery only and say nothing about image quality.")
+    return note
+
+
 def shard_preview_markdown(rows: list[dict[str, Any]], title: str, limit: int = PREVIEW_SAMPLES) -> str:
     """Markdown with up to `limit` rendered samples of a shard (decoded rows), each as an inline picture."""
     picked = [rows[i] for i in pick_preview_rows([r.get("verdict") for r in rows], limit)]
     parts = [f"### {title}", ""]
+    note = stand_in_note(rows)
+    if note:
+        parts += [f"_{note}_", ""]
     for sample in picked:
         try:
             picture = render_sample(sample, panel_width=PREVIEW_PANEL_WIDTH)
@@ -165,6 +181,6 @@ def shard_preview_markdown(rows: list[dict[str, Any]], title: str, limit: int = 
             continue  # a rejected row stored without images
         parts += [f"**{sample['sample_id']}** — {sample.get('verdict')}", "",
                   f"![{sample['sample_id']}]({jpeg_data_uri(picture)})", ""]
-    if len(parts) == 2:
+    if not any(line.startswith("**") for line in parts):
         parts.append("(no sample with images in this shard)")
     return "\n".join(parts)

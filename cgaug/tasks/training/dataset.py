@@ -298,22 +298,32 @@ class PairDataset:
     noise (h, w) bool; source_id, sample_id (str); mixup (float).
     """
 
-    def __init__(self, source: str, shards: str, cfg: TrainDataConfig, seed: int, bank: str | None = None):
+    def __init__(self, source: str, shards: str | None, cfg: TrainDataConfig, seed: int, bank: str | None = None):
         from cgaug.storage.cityscapes import list_sources
 
         self.cfg = cfg
         self.seed = seed
         self.shards_uri = shards
         self.epoch = 0
+        sources = {rec.source_id: rec for rec in list_sources(source, cfg.split)}
+        self.objects: ObjectSource | None = None
+        if cfg.augmented == "originals":  # every original paired with itself: no generated image at all
+            if cfg.anomaly_mix and cfg.anomaly_source == "generated":
+                raise TrainDataError("data.anomaly_source 'generated' cuts objects from generated images, but "
+                                     "data.augmented is 'originals' (none are used); use anomaly_source 'bank'")
+            self.pairs: list[tuple[SourceRecord, list[AugmentedRef]]] = [(sources[s], []) for s in sorted(sources)]
+            if cfg.anomaly_mix:
+                self.objects = BankObjects(cfg.bank or bank or f"{source.rstrip('/')}/bank.parquet", cfg.bank_images)
+            return
+        if shards is None:
+            raise TrainDataError("data.augmented is 'shards' but no shards root was given")
         root = open_root(shards, create=False)
         refs = select_augmented(root, cfg.split, list(cfg.verdicts), dict(cfg.min_scores))
-        sources = {rec.source_id: rec for rec in list_sources(source, cfg.split)}
         missing = sorted(set(refs) - set(sources))
         if missing:
             raise TrainDataError(f"{shards}: augmented samples of source images {missing[:5]} that {source} "
                                  f"(split {cfg.split!r}) lacks; are --source and --shards from one dataset?")
-        self.pairs: list[tuple[SourceRecord, list[AugmentedRef]]] = [(sources[s], refs[s]) for s in sorted(refs)]
-        self.objects: ObjectSource | None = None
+        self.pairs = [(sources[s], refs[s]) for s in sorted(refs)]
         if cfg.anomaly_mix:
             if cfg.anomaly_source == "generated":
                 self.objects = GeneratedObjects(root, list(cfg.verdicts), cfg.split)
@@ -333,8 +343,14 @@ class PairDataset:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def epoch_plan(self) -> list[list[tuple[int, AugmentedRef]]]:
-        """This epoch's row groups in reading order, each a list of (pair index, chosen variant)."""
+    def epoch_plan(self) -> list[list[tuple[int, AugmentedRef | None]]]:
+        """This epoch's row groups in reading order, each a list of (pair index, chosen variant).
+
+        With `augmented: originals`, one group of every original (variant None), shuffled per epoch.
+        """
+        if self.cfg.augmented == "originals":
+            order = _rng(self.seed, "order", self.epoch).permutation(len(self.pairs))
+            return [[(int(i), None) for i in order]]
         groups: dict[tuple[str, int], list[tuple[int, AugmentedRef]]] = {}
         for i, (rec, refs) in enumerate(self.pairs):
             ref = choose_variant(refs, self.seed, rec.source_id, self.epoch)
@@ -344,8 +360,10 @@ class PairDataset:
         ordered = [groups[keys[k]] for k in rng.permutation(len(keys))]
         return [[items[j] for j in rng.permutation(len(items))] for items in ordered]
 
-    def _worker_groups(self, workers: int) -> list[list[list[tuple[int, AugmentedRef]]]]:
+    def _worker_groups(self, workers: int) -> list[list[list[tuple[int, AugmentedRef | None]]]]:
         plan = self.epoch_plan()
+        if self.cfg.augmented == "originals":  # one group: deal its items, not the group
+            return [[plan[0][w::workers]] for w in range(workers)]
         return [plan[w::workers] for w in range(workers)]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -353,6 +371,10 @@ class PairDataset:
 
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if self.cfg.augmented == "originals":
+            for group in self._worker_groups(workers)[worker]:
+                yield from (self.example(index, None) for index, _ in group)
+            return
         root = open_root(self.shards_uri, create=False)
         for group in self._worker_groups(workers)[worker]:
             yield from self._read_group(root, group)
@@ -370,8 +392,8 @@ class PairDataset:
             row = table.slice(ref.row, 1).to_pylist()[0]
             yield self.example(index, row)
 
-    def example(self, index: int, row: dict[str, Any]) -> dict[str, Any]:
-        """One training example from a pair index and its augmented row (PNG blobs)."""
+    def example(self, index: int, row: dict[str, Any] | None) -> dict[str, Any]:
+        """One training example from a pair index and its augmented row (PNG blobs; None: the original itself)."""
         from cgaug.storage.cityscapes import read_pair, to_train_ids
         from cgaug.tasks.training.augment import make_pair
 
@@ -379,11 +401,15 @@ class PairDataset:
         rec = self.pairs[index][0]
         image, label_ids = read_pair(rec)
         label = to_train_ids(label_ids)
-        if row["image_png"] is None or row["label_png"] is None:
+        if row is None:
+            row = {"sample_id": rec.source_id}
+            aug, aug_label, noise = image, label, None
+        elif row["image_png"] is None or row["label_png"] is None:
             raise TrainDataError(f"{self.shards_uri}: sample {row['sample_id']!r} has no image or label blob")
-        noise = decode_png(row["noise_mask_png"], mask=True) if row["noise_mask_png"] is not None else None
-        aug, aug_label, noise = _resize_to(decode_png(row["image_png"]), decode_png(row["label_png"]), noise,
-                                           label.shape)
+        else:
+            noise = decode_png(row["noise_mask_png"], mask=True) if row["noise_mask_png"] is not None else None
+            aug, aug_label, noise = _resize_to(decode_png(row["image_png"]), decode_png(row["label_png"]), noise,
+                                               label.shape)
         rng = _rng(self.seed, f"pair:{rec.source_id}", self.epoch)
         obj = None
         if self.objects is not None and rng.random() < cfg.anomaly_probability:

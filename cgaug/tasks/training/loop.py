@@ -79,6 +79,9 @@ class StepRunner:
         from cgaug.models.segmenters.uncertainty import set_trainable
 
         self.model, self.cfg, self.stage, self.device = model, cfg, stage, device
+        # Originals paired with themselves and nothing pasted: the augmented half of the batch is the original
+        # half exactly, so one forward pass serves both (batch-norm statistics of a batch and of it twice agree)
+        self.self_paired = cfg.data.augmented == "originals" and not cfg.data.anomaly_mix
         stage_cfg = self.stage_cfg = stage_config(cfg, stage)
         self.trainable = list(stage_cfg.trainable)
         self.params = set_trainable(model, self.trainable, stage_cfg.frozen_mode, stage_cfg.eval_groups)
@@ -130,6 +133,9 @@ class StepRunner:
                             enabled=self.amp_dtype is not None):
             if self.stage_cfg.mask_losses:
                 logits, u, queries = self.model.forward_with_queries(torch.cat([image, aug]))
+            elif self.self_paired:
+                logits, u = self.model(image)
+                logits, u = torch.cat([logits, logits]), torch.cat([u, u])
             else:
                 logits, u = self.model(torch.cat([image, aug]))
         terms = training_loss(logits[:n], u[:n], label, logits[n:], u[n:], aug_label, self.cfg.loss,
@@ -316,8 +322,9 @@ def train(out: str, *, cfg: TrainConfig | None = None, source: str | None = None
     if resume:
         root, cfg, inputs = read_run(out)
     else:
-        if cfg is None or source is None or shards is None:
-            raise ValueError("a new run needs cfg, source and shards (or resume=True)")
+        if cfg is None or source is None or (shards is None and cfg.data.augmented == "shards"):
+            raise ValueError("a new run needs cfg, source and shards (shards only with data.augmented 'shards'), "
+                             "or resume=True")
         inputs = {"source": source, "shards": shards, "bank": bank}
     # 2. Inputs are checked before anything is written, so a bad input leaves no run behind.
     device = torch_device(cfg.run.device, "run.device")

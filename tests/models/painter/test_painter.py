@@ -177,3 +177,14 @@ def test_bad_maps_are_refused_with_the_position():
         paint_batch([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], [BASE, BASE], [0, 1], 8, 8)
     with pytest.raises(ValueError, match="one prompt and seed"):
         paint_batch([np.zeros((8, 8, 3), np.uint8)], [BASE], [0, 1], 8, 8)
+
+
+def test_a_painted_scene_follows_its_label_map_and_noise_does_not():
+    """The measure the browser test applies to UI previews separates painting from random-weight noise."""
+    from tests.models.painter.scenes import explained_by_labels
+
+    cond, _ = street(4)
+    painted = paint(cond, "An image sampled from various stereo video sequences taken by dash cam.", 1)
+    noise = np.random.default_rng(0).integers(0, 256, cond.shape, dtype=np.uint8)
+    assert explained_by_labels(painted, cond) > 0.5
+    assert explained_by_labels(noise, cond) < 0.1
