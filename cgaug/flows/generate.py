@@ -35,6 +35,7 @@ from cgaug.storage.fs import open_root
 from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE
 from cgaug.storage.plan import PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
 from cgaug.tasks.generation.compose import bank_class_filter, usable_classes
+from cgaug.tasks.generation.generate import PAINTER_MODEL
 from cgaug.tasks.generation.plan import extend_plan, shards_of
 from cgaug.tasks.generation.produce import CLAIMED, open_bank
 
@@ -79,6 +80,8 @@ def check_inputs(source: str, out: str, bank: str, config: CGAugConfig, *, force
 
 def _check_models(config: CGAugConfig) -> None:
     gen = config.generator
+    if gen.model == PAINTER_MODEL:  # the procedural stand-in loads no model, ControlNet included
+        return
     references = [(gen.model, "generator.model", "model_index.json"), (gen.controlnet, "generator.controlnet",
                                                                        "config.json"),
                   (gen.photo_controlnet, "generator.photo_controlnet", "config.json")]
