@@ -18,7 +18,7 @@ from cgaug.models import generator as gen  # noqa: E402
 from cgaug.models.hub import ModelNotFound, clear_cache  # noqa: E402
 from cgaug.models.tiny import build_tiny_pipeline  # noqa: E402
 from cgaug.tasks.generation.generate import GenerationReport, generate, generate_float  # noqa: E402
-from tests.generator_helpers import make_maps, make_texts  # noqa: E402
+from tests.generator_helpers import make_maps, make_texts, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,10 +35,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cfg(tiny_dir) -> GeneratorConfig:
-    """The tiny model's settings (as `model: tiny` gets them) from a local directory, on the CPU, generating
-    at 32x64 (a quarter of the tiny default's pixels) to keep each test well under a second per call."""
-    return GeneratorConfig(model=str(tiny_dir), controlnet=None, local_files_only=True, steps=2,
-                           short_side=32, batch_size=4, device="cpu")
+    return tiny_config(tiny_dir)
 
 
 @pytest.fixture(scope="module")
