@@ -182,8 +182,10 @@ def _lamps(f: Frame) -> np.ndarray:
     groups = np.split(np.arange(xs.size), np.flatnonzero(np.diff(xs) > 2) + 1)
     warm = np.float32([1.0, 0.82, 0.55])
     for group in groups[:24]:
-        top, x = int(ys[group].min()), float(xs[group].mean())
-        bottom = top + int(f.runs.down[top, int(xs[group[0]])])
+        # measure the pole down from its topmost pixel: that pixel is itself `tall`, so reach > 0.1 h
+        head_px = group[np.argmin(ys[group])]
+        top, x = int(ys[head_px]), float(xs[group].mean())
+        bottom = top + int(f.runs.down[top, int(xs[head_px])])
         reach = bottom - top
         size = max(1.5, 0.03 * reach)
         # everything a lamp lights lies in a window around the pole: compute there only
