@@ -60,11 +60,11 @@ def config_dict(shard_size: int, variants: int) -> dict:
 def direct(source: Path, out: Path, cfg: dict) -> dict:
     """The stages called directly: plan, then write_planned_shard per shard, in this warm process."""
     from cgaug.config import CGAugConfig
-    from cgaug.flows.generate import plan_run
     from cgaug.models.tiny import ensure_tiny_model
     from cgaug.tasks.generation.generate import load_generator
     from cgaug.tasks.generation.plan import shards_of
     from cgaug.tasks.generation.produce import write_planned_shard
+    from cgaug.tasks.generation.run import plan_run
 
     config = CGAugConfig.model_validate(cfg)
     ensure_tiny_model()  # build the tiny model's cache first: both sides then only load it

@@ -97,9 +97,9 @@ def _quiet_tracebacks(quiet: bool) -> Iterator[None]:
 def _run_error(error: BaseException) -> tuple[str, int] | None:
     """The paragraph and exit code for a run-level failure, or None for an error that is a bug."""
     from cgaug.flows.fanout import ChildFailed
-    from cgaug.flows.generate import InputError, PlanMismatch, RunIncomplete
     from cgaug.models.hub import ModelNotFound
     from cgaug.storage.bank import EmptyBankError
+    from cgaug.tasks.generation.run import InputError, PlanMismatch, RunIncomplete
 
     if isinstance(error, InputError | PlanMismatch | ModelNotFound | EmptyBankError):
         return str(error), 2
@@ -151,7 +151,8 @@ def generate(
     2 an input is unusable (nothing was created).
     """
     from cgaug.config import Orchestration
-    from cgaug.flows.generate import check_inputs, generate_dataset_flow
+    from cgaug.flows.generate import generate_dataset_flow
+    from cgaug.tasks.generation.run import check_inputs
 
     try:
         cfg = load_config(config, overrides={

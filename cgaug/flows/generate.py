@@ -7,8 +7,9 @@ the local CLI) or as `cgaug-shard` child runs on the GPU pool (`cgaug.flows.fano
 either way a shard that exists and validates is skipped, so a scheduled run
 with the same parameters only does what is missing.
 
-Failure model: inputs are validated at the boundary (`check_inputs`, before
-anything is planned or created; `InputError`). A run starts by repairing what an
+Failure model: inputs are validated at the boundary
+(`cgaug.tasks.generation.run.check_inputs`, before anything is planned or
+created; `InputError`). A run starts by repairing what an
 earlier run left behind (`cgaug.storage.recovery`: debris swept, damaged shards
 set aside into ``OUT/quarantine/`` and redone, lost reports rebuilt). A shard
 that a live producer holds is waited for, never failed. A run that ends with
@@ -19,10 +20,8 @@ manifest, and raises `RunIncomplete`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -30,150 +29,21 @@ from prefect import flow, get_run_logger, task
 from cgaug.config import CGAugConfig, Orchestration
 from cgaug.flows.fanout import ChildFailed, fan_out
 from cgaug.flows.shard import produce_shard_task, producer_identity
-from cgaug.models.hub import TINY, ModelNotFound, is_hub_id, locate, not_found_message
 from cgaug.storage.fs import open_root
-from cgaug.storage.layout import CONFIG_FILE, MANIFEST_NAME, PLAN_FILE
-from cgaug.storage.plan import PlanEntry, PlanMismatch, check_config, load_plan, plan_to_table
-from cgaug.tasks.generation.compose import bank_class_filter, usable_classes
-from cgaug.tasks.generation.generate import PAINTER_MODEL
-from cgaug.tasks.generation.plan import extend_plan, shards_of
-from cgaug.tasks.generation.produce import CLAIMED, open_bank
+from cgaug.storage.layout import MANIFEST_NAME
+from cgaug.storage.plan import load_plan
+from cgaug.tasks.generation.plan import shards_of
+from cgaug.tasks.generation.produce import CLAIMED
+from cgaug.tasks.generation.run import (
+    RunIncomplete,
+    check_inputs,
+    index_dataset,
+    plan_run,
+    planned_ids,
+    shard_is_complete,
+)
 
-__all__ = ["InputError", "PlanMismatch", "RunIncomplete", "check_inputs", "generate_dataset_flow", "plan_run"]
-
-OUTPUT_MARKERS = (CONFIG_FILE, PLAN_FILE, MANIFEST_NAME)  # any of them: the folder is a cgaug output
-
-
-class InputError(ValueError):
-    """An input the run cannot start with (source, bank, model, output folder); the message says the fix."""
-
-
-class RunIncomplete(RuntimeError):
-    """The run ended with planned samples missing; what exists is indexed, a rerun completes it."""
-
-
-def check_inputs(source: str, out: str, bank: str, config: CGAugConfig, *, force: bool = False) -> None:
-    """Validate every input before anything is planned or created.
-
-    Raises:
-        InputError: the source has no readable split, the bank is missing, unreadable, not a
-            bank, without a usable mask or without the configured classes, a model reference
-            names nothing, or `out` is a non-empty folder that is not a cgaug output (unless
-            `force`) or cannot be written; the message names the path, the cause and the fix.
-    """
-    from cgaug.storage.cityscapes import list_sources
-
-    try:
-        list_sources(source, config.run.split)
-    except (OSError, ValueError) as error:
-        raise InputError(f"the source cannot be used: {error}. Point --source at a Cityscapes-format "
-                         f"root (leftImg8bit/{config.run.split}/... and gtFine/{config.run.split}/...), or "
-                         "choose another split (--split).") from error
-    try:
-        usable_classes(open_bank(bank, bank_class_filter(config.compose)), config.compose)
-    except (OSError, ValueError) as error:  # EmptyBankError and every refusal of a bad file are ValueErrors
-        raise InputError(f"the object bank cannot be used: {error}. Build one with `cgaug bank build MASKS "
-                         "--from folder --out BANK` (or from ADE20K/COCO) and pass it with --bank.") from error
-    _check_models(config)
-    _check_out(out, force)
-
-
-def _check_models(config: CGAugConfig) -> None:
-    gen = config.generator
-    if gen.model == PAINTER_MODEL:  # the procedural stand-in loads no model, ControlNet included
-        return
-    references = [(gen.model, "generator.model", "model_index.json"), (gen.controlnet, "generator.controlnet",
-                                                                       "config.json"),
-                  (gen.photo_controlnet, "generator.photo_controlnet", "config.json")]
-    for name, field, marker in references:
-        if not name or name == TINY:
-            continue
-        try:
-            ref, local = locate(name, field, marker=marker)
-        except ModelNotFound as error:
-            raise InputError(str(error)) from error
-        if not local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(ref, marker):
-            raise InputError(not_found_message(name, field, "not in the Hugging Face cache"))
-
-
-def _in_hub_cache(repo: str, marker: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return is_hub_id(repo) and isinstance(try_to_load_from_cache(repo, marker), str)
-
-
-def _check_out(out: str, force: bool) -> None:
-    """A local `out` must be empty, a cgaug output, or `force`d, and writable (its nearest existing folder)."""
-    if "://" in out and not out.startswith("file://"):
-        return
-    path = Path(out.removeprefix("file://")).expanduser()
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {path} is a file; expected a folder for the dataset. Choose another --out.")
-    if path.is_dir() and not force and any(path.iterdir()) and not any(
-            (path / marker).exists() for marker in OUTPUT_MARKERS):
-        raise InputError(f"--out {path} is a non-empty folder that is not a cgaug output (it has no "
-                         f"{CONFIG_FILE}); writing there would mix the dataset with its files. Choose an empty "
-                         "or new folder, or pass --force to write there anyway.")
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--out {path}: permission denied ({existing} is not writable for this user). Choose "
-                         "a folder you can write to, or change its permissions.")
-
-
-def _relative(root: str, path: str) -> str:
-    prefix = root.rstrip("/") + "/"
-    if not path.startswith(prefix):
-        raise ValueError(f"source file {path} is not under the source root {root}")
-    return path[len(prefix):]
-
-
-def plan_run(source: str, out: str, bank: str, config: CGAugConfig) -> tuple[list[PlanEntry], int]:
-    """Extend (or create) the stored plan of `out` for `source` and write it back.
-
-    Returns the plan and how many samples this call added (new source images or variants).
-    """
-    from cgaug.storage.cityscapes import list_sources
-
-    root = open_root(out)
-    check_config(out, config)
-    sources = [
-        record.__class__(record.source_id, record.city, record.split, _relative(source, record.image_path),
-                         _relative(source, record.label_path))
-        for record in list_sources(source, config.run.split)
-    ]
-    existing = load_plan(out)
-    plan = extend_plan(existing, sources, config.run)
-    if len(plan) != len(existing) or not root.exists(PLAN_FILE):
-        root.write_parquet_atomic(PLAN_FILE, plan_to_table(plan))
-    if not root.exists(CONFIG_FILE):  # the settings the plan's samples are made with, recorded once
-        record = {"config_fingerprint": config.output_fingerprint(), "config": config.model_dump(mode="json"),
-                  "source": source, "bank": bank}
-        root.write_bytes_atomic(CONFIG_FILE, json.dumps(record, indent=2).encode())
-    return plan, len(plan) - len(existing)
-
-
-def _planned_ids(plan: list[PlanEntry]) -> dict[int, list[str]]:
-    return {shard: [e.spec.sample_id for e in entries] for shard, entries in shards_of(plan).items()}
-
-
-def _shard_is_complete(out: str, plan: list[PlanEntry]):
-    from cgaug.storage.shards import shard_complete
-
-    root = open_root(out)
-    ids = _planned_ids(plan)
-    return lambda shard: shard_complete(root, shard, ids[shard])
-
-
-def index_dataset(out: str, source: str, bank: str, config: CGAugConfig) -> dict[str, Any]:
-    from cgaug.storage.shards import write_index
-
-    manifest = write_index(open_root(out), {
-        "config": config.model_dump(mode="json"), "config_fingerprint": config.output_fingerprint(),
-        "source": source, "bank": bank,
-    })
-    return manifest.to_dict()
+__all__ = ["generate_dataset_flow"]
 
 
 @task(name="plan")
@@ -183,10 +53,10 @@ def plan_task(source: str, out: str, bank: str, config: CGAugConfig, claim_ttl_s
 
     logger = get_run_logger()
     plan, added = plan_run(source, out, bank, config)
-    repair = recover(open_root(out), claim_ttl_s, _planned_ids(plan), producer_identity())
+    repair = recover(open_root(out), claim_ttl_s, planned_ids(plan), producer_identity())
     for note in repair.notes():
         logger.warning("resume: %s", note)
-    is_complete = _shard_is_complete(out, plan)
+    is_complete = shard_is_complete(out, plan)
     pending = [shard for shard in shards_of(plan) if not is_complete(shard)]
     logger.info("plan: %d samples in %d shards (%d new samples), %d shards to do", len(plan),
                 len(shards_of(plan)), added, len(pending))
@@ -281,7 +151,7 @@ def generate_dataset_flow(source: str, out: str, bank: str, config: CGAugConfig 
     check_inputs(source, out, bank, config, force=force)
     plan = plan_task(source, out, bank, config, orch.claim_ttl_s)
     root = open_root(out)
-    is_complete = _shard_is_complete(out, load_plan(out))
+    is_complete = shard_is_complete(out, load_plan(out))
     tracker = Progress(len(plan["pending"]), out)
     qualities, written, notes = [], [], list(plan["repairs"])
     bar = tqdm(total=len(plan["pending"]), unit="shard", disable=not progress, desc="cgaug")

@@ -114,7 +114,7 @@ def test_a_bank_that_is_not_parquet_or_has_no_usable_mask_is_refused(dataset, tm
 
 def test_an_out_folder_that_is_not_a_cgaug_output_needs_force(dataset, tmp_path):
     from cgaug.config import CGAugConfig
-    from cgaug.flows.generate import check_inputs
+    from cgaug.tasks.generation.run import check_inputs
 
     mine = tmp_path / "mine"
     mine.mkdir()

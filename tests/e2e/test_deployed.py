@@ -121,7 +121,7 @@ def test_two_gpu_workers_never_write_the_same_shard_twice(pool, e2e_source, tmp_
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from cgaug.flows.generate import plan_run
+    from cgaug.tasks.generation.run import plan_run
 
     out = tmp_path / "out"
     config = CGAugConfig.model_validate(TINY | {"run": {"variants": 2, "shard_size": 1}})

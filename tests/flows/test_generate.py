@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from cgaug.config import CGAugConfig
-from cgaug.flows.generate import PlanMismatch, generate_dataset_flow
+from cgaug.flows.generate import generate_dataset_flow
 from cgaug.labels import CITYSCAPES_BY_NAME, ade_palette
 from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.shards import verify
+from cgaug.tasks.generation.run import PlanMismatch
 
 ROAD = CITYSCAPES_BY_NAME["road"].id
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from cgaug.config import CGAugConfig
-from cgaug.flows.generate import plan_run
 from cgaug.flows.shard import produce_shards_flow
 from cgaug.storage.fs import open_root
 from cgaug.storage.plan import PlanMismatch
 from cgaug.storage.reports import journal, read_report
 from cgaug.storage.shards import verify, write_index
+from cgaug.tasks.generation.run import plan_run
 
 
 def _config(**run) -> CGAugConfig:

@@ -272,7 +272,9 @@ class GeneratedObjects(_Cached):
 def _to_tensor_image(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     import torch
 
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+    # decoded images can be read-only views of a buffer; `.float()` copies anyway, so going through an
+    # owned uint8 array costs one small copy and no write-through risk (torch warns about the view)
+    x = torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1).float().div_(255.0)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
