@@ -22,6 +22,7 @@ from cgaug.records import OOD_TRAIN_ID
 from cgaug.storage.fs import open_root
 from cgaug.storage.png import decode_png
 from cgaug.storage.shards import verify
+from cgaug.tasks.generation.regenerate import RegenerateError, regenerate_sample
 from cgaug.tasks.generation.run import PlanMismatch
 
 ROAD = CITYSCAPES_BY_NAME["road"].id
@@ -153,6 +154,10 @@ def test_bad_inputs_are_recorded_and_the_rest_written(dataset_copy, tiny_home, t
                        stems[2]: ["missing_label"], stems[3]: ["no_road"]}
     assert sum(row["verdict"] == "unfiltered" for row in index) == 2
     assert verify(open_root(str(out))) == []
+    # a skipped row has no image: `shards regenerate` says so with the recorded reason, before loading anything
+    no_road = next(row["sample_id"] for row in index if row["reasons"] == ["no_road"])
+    with pytest.raises(RegenerateError, match=rf"{no_road}' is skipped \(no_road\): it has no image to regenerate"):
+        regenerate_sample(str(out), no_road)
 
 
 def test_non_local_output_root(dataset, tiny_home):
