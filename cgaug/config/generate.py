@@ -224,6 +224,23 @@ class FilterConfig(StrictModel):
     dtype: DtypeName = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"
 
+    # Which models a run loads follows from the gates; the loader and the input check both ask here.
+    @property
+    def uses_sam(self) -> bool:
+        return self.mode != "none" and self.object_gate
+
+    @property
+    def uses_segmenter(self) -> bool:
+        return self.mode != "none" and (self.consistency_gate or (self.anomaly_gate and self.anomaly_model is None))
+
+    @property
+    def uses_anomaly_model(self) -> bool:
+        return self.mode != "none" and self.anomaly_gate and self.anomaly_model is not None
+
+    @property
+    def uses_clip(self) -> bool:
+        return self.mode != "none" and (self.clip_text_gate or self.clip_object_gate)
+
     @model_validator(mode="after")
     def _tiny_defaults(self) -> FilterConfig:
         """`mode: tiny` takes the tiny models and their thresholds for every field not set explicitly."""

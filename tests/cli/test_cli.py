@@ -133,6 +133,33 @@ def test_a_model_that_is_not_there_exits_2(dataset, tmp_path):
              "generator.model", "was not found")
 
 
+def test_a_filter_model_that_is_not_there_exits_2_before_the_first_shard(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _refused(["--source", str(dataset), "--filters", "default"], tmp_path / "out",
+             "filters.sam_model 'facebook/sam-vit-huge' was not found", "not in the Hugging Face cache")
+
+
+def test_filter_models_are_checked_only_for_the_gates_that_load_them(dataset, tmp_path):
+    from cgaug.config import CGAugConfig
+    from cgaug.tasks.generation.run import InputError, check_inputs
+
+    bank, missing = str(dataset / "bank.parquet"), str(tmp_path / "nowhere" / "model.pt")
+
+    def config(**filters):
+        return CGAugConfig.model_validate({"generator": {"model": "tiny"}, "filters": {"mode": "tiny", **filters}})
+
+    with pytest.raises(InputError, match=r"filters\.segmenter_model '.*model\.pt' was not found: no such file"):
+        check_inputs(str(dataset), str(tmp_path / "a"), bank, config(segmenter_model=missing))
+    with pytest.raises(InputError, match=r"filters\.anomaly_model '.*model\.pt' was not found: no such file"):
+        check_inputs(str(dataset), str(tmp_path / "b"), bank, config(anomaly_model=missing))
+    # no gate needs the segmenter: its reference is not looked at
+    check_inputs(str(dataset), str(tmp_path / "c"), bank,
+                 config(segmenter_model=missing, consistency_gate=False, anomaly_gate=False))
+    # an existing checkpoint file (e.g. `cgaug train`'s model.pt) passes; the loader checks its format
+    (tmp_path / "model.pt").write_bytes(b"checkpoint")
+    check_inputs(str(dataset), str(tmp_path / "d"), bank, config(segmenter_model=str(tmp_path / "model.pt")))
+
+
 def test_generate_offers_the_robustness_options():
     text = " ".join(runner.invoke(app, ["generate", "--help"]).output.split())
     assert "--claim-ttl" in text and "--force" in text and "--debug" in text

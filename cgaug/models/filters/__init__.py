@@ -59,15 +59,15 @@ def load_filter_models(cfg: FilterConfig) -> FilterModels:
     pixel = {"local_files_only": cfg.local_files_only, "batch_size": cfg.batch_size,
              "short_side": cfg.segmenter_short_side, "device": device, "dtype": dtype}
     masker = segmenter = anomaly = clip = None
-    if cfg.object_gate:
+    if cfg.uses_sam:
         model, processor = cached(("sam", cfg.sam_model, cfg.local_files_only, device, dtype),
                                   lambda: _placed(load_sam(cfg.sam_model, cfg.local_files_only), device, dtype))
         masker = SamMasker(model, processor, **common)
-    if cfg.consistency_gate or (cfg.anomaly_gate and cfg.anomaly_model is None):
+    if cfg.uses_segmenter:
         segmenter = load_pixel_model(cfg.segmenter_model, "filters.segmenter_model", cityscapes=True, **pixel)
-    if cfg.anomaly_gate and cfg.anomaly_model is not None:
+    if cfg.uses_anomaly_model:
         anomaly = load_pixel_model(cfg.anomaly_model, "filters.anomaly_model", cityscapes=False, **pixel)
-    if cfg.clip_text_gate or cfg.clip_object_gate:
+    if cfg.uses_clip:
         model, tokenizer = cached(("clip", cfg.clip_model, cfg.clip_pretrained, device, dtype),
                                   lambda: _placed(load_clip(cfg.clip_model, cfg.clip_pretrained), device, dtype))
         clip = ClipScorer(model, tokenizer, template=cfg.clip_class_template, context=cfg.clip_crop_context,

@@ -65,20 +65,35 @@ def check_inputs(source: str, out: str, bank: str, config: CGAugConfig, *, force
 
 
 def _check_models(config: CGAugConfig) -> None:
-    gen = config.generator
-    if gen.model == PAINTER_MODEL:  # the procedural stand-in loads no model, ControlNet included
-        return
-    references = [(gen.model, "generator.model", "model_index.json"), (gen.controlnet, "generator.controlnet",
-                                                                       "config.json"),
-                  (gen.photo_controlnet, "generator.photo_controlnet", "config.json")]
+    """Every model the run will load must be there now, not found missing inside the first shard."""
+    gen, filters = config.generator, config.filters
+    references: list[tuple[str | None, str, str | None]] = []  # (value, field, marker; None: file or folder)
+    if gen.model != PAINTER_MODEL:  # the procedural stand-in loads no model, ControlNet included
+        references += [(gen.model, "generator.model", "model_index.json"),
+                       (gen.controlnet, "generator.controlnet", "config.json"),
+                       (gen.photo_controlnet, "generator.photo_controlnet", "config.json")]
+    if filters.uses_sam:
+        references.append((filters.sam_model, "filters.sam_model", "config.json"))
+    if filters.uses_segmenter:  # a saved directory, a checkpoint file (`cgaug train`'s model.pt) or a hub id
+        references.append((filters.segmenter_model, "filters.segmenter_model", None))
+    if filters.uses_anomaly_model:
+        references.append((filters.anomaly_model, "filters.anomaly_model", None))
     for name, field, marker in references:
         if not name or name == TINY:
             continue
-        try:
-            ref, local = locate(name, field, marker=marker)
-        except ModelNotFound as error:
-            raise InputError(str(error)) from error
-        if not local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(ref, marker):
+        if marker is None:
+            path = Path(name).expanduser()
+            if path.exists():
+                continue  # its format is checked by the loader, which names the field
+            if not is_hub_id(name):
+                raise InputError(not_found_message(name, field, f"no such file or directory: {path}"))
+            ref, local = name, False
+        else:
+            try:
+                ref, local = locate(name, field, marker=marker)
+            except ModelNotFound as error:
+                raise InputError(str(error)) from error
+        if not local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(ref, marker or "config.json"):
             raise InputError(not_found_message(name, field, "not in the Hugging Face cache"))
 
 
